@@ -1,0 +1,239 @@
+//! Types shared by the XDP program and the daemon: every BPF map key and
+//! value, the map names, capacities and the counter layout.
+//!
+//! Rules (see shared/notes/style.md): `#[repr(C)]`, no implicit padding
+//! (explicit `_pad` fields), byte order stated on every multi-byte field,
+//! and a compile-time size assertion for each type. IPv4 addresses are
+//! `[u8; 4]` in network order so `bpftool map dump` prints them as
+//! readable octets.
+#![no_std]
+
+pub mod counters;
+pub use counters::{Counters, Fate, FateKind, FATE_COUNT};
+
+/// Map names: the ELF symbol of each map in the XDP program and the file name
+/// of its pin under `<bpffs>/gatewayd/<node>/`. User space opens maps only
+/// through these names.
+pub mod map_names {
+    pub const PORTS: &str = "PORTS";
+    pub const TUNNEL_BY_VLAN: &str = "TUNNEL_BY_VLAN";
+    pub const TUNNELS: &str = "TUNNELS";
+    pub const PEER_NEIGH: &str = "PEER_NEIGH";
+    pub const GATEWAYS: &str = "GATEWAYS";
+    pub const ROUTES: &str = "ROUTES";
+    pub const NEXTHOP_GROUPS: &str = "NEXTHOP_GROUPS";
+    pub const TUNNEL_COUNTERS: &str = "TUNNEL_COUNTERS";
+    pub const CONNECTION_COUNTERS: &str = "CONNECTION_COUNTERS";
+    pub const GATEWAY_COUNTERS: &str = "GATEWAY_COUNTERS";
+    pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
+    /// Every map the daemon pins, in one list.
+    pub const ALL: &[&str] = &[
+        PORTS,
+        TUNNEL_BY_VLAN,
+        TUNNELS,
+        PEER_NEIGH,
+        GATEWAYS,
+        ROUTES,
+        NEXTHOP_GROUPS,
+        TUNNEL_COUNTERS,
+        CONNECTION_COUNTERS,
+        GATEWAY_COUNTERS,
+        NODE_COUNTERS,
+    ];
+}
+
+/// Name of the XDP entry point in the eBPF object.
+pub const XDP_PROGRAM: &str = "gateway";
+
+/// Capacities. Ids (tunnel, gateway, connection, next-hop group) index
+/// arrays, so they are dense, start at 0 and stay below these limits.
+pub mod limits {
+    /// Thousands of tunnels per node (product.md scale targets).
+    pub const MAX_TUNNELS: u32 = 16_384;
+    pub const MAX_GATEWAYS: u32 = 1_024;
+    pub const MAX_CONNECTIONS: u32 = 256;
+    /// Connection trunk ports plus gateway VPC ports.
+    pub const MAX_PORTS: u32 = MAX_CONNECTIONS + MAX_GATEWAYS;
+    /// 1,000,000 routes per node plus every gateway's VPC CIDRs.
+    pub const MAX_ROUTES: u32 = 1_100_000;
+    pub const MAX_NEXTHOP_GROUPS: u32 = 65_536;
+    /// Members of one next-hop group (tunnels announcing one prefix).
+    pub const MAX_NEXTHOPS: usize = 8;
+    /// 802.1Q VLAN ids usable for tunnels (0 and 4095 are reserved).
+    pub const VLAN_MIN: u16 = 1;
+    pub const VLAN_MAX: u16 = 4094;
+}
+
+/// What a port (an interface the program is attached to) is for.
+pub mod port_role {
+    /// A connection: a trunk port towards a customer's IDC, 802.1Q tagged.
+    pub const CONNECTION: u32 = 1;
+    /// A gateway's port towards its VPC, untagged.
+    pub const VPC: u32 = 2;
+}
+
+/// `PORTS` value, keyed by ifindex (`u32`, host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Port {
+    /// `port_role::*`.
+    pub role: u32,
+    /// Connection id (role CONNECTION) or gateway id (role VPC).
+    pub id: u32,
+    /// The interface's own MAC: source of every frame we send on it.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Port>() == 16);
+
+/// `TUNNEL_BY_VLAN` key: (connection port, VLAN) selects a tunnel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VlanKey {
+    /// ifindex of the connection's trunk port (host order).
+    pub ifindex: u32,
+    /// 802.1Q VLAN id, 12 bits (host order).
+    pub vlan: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<VlanKey>() == 8);
+
+/// A tunnel as the datapath needs it: value of `TUNNEL_BY_VLAN` (IDC side,
+/// one hash lookup per frame) and of `TUNNELS[id]` (VPC side, after the
+/// route lookup picked a tunnel id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Index into `TUNNELS`, `PEER_NEIGH` and `TUNNEL_COUNTERS`.
+    pub id: u32,
+    pub gateway_id: u32,
+    pub connection_id: u32,
+    /// ifindex of the connection's trunk port (host order).
+    pub connection_ifindex: u32,
+    /// 802.1Q VLAN id (host order).
+    pub vlan: u16,
+    /// Prefix length of `local_ip`'s interconnect subnet.
+    pub local_prefix_len: u8,
+    pub _pad: u8,
+    /// The gateway's interconnect address on this tunnel (network order).
+    pub local_ip: [u8; 4],
+    /// The customer router's address (network order).
+    pub peer_ip: [u8; 4],
+    /// `tunnel_flags::*`.
+    pub flags: u32,
+    /// MAC of the connection's trunk port: source of frames sent to the IDC.
+    pub connection_mac: [u8; 6],
+    pub _pad2: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Tunnel>() == 40);
+
+pub mod tunnel_flags {
+    /// Slot holds a configured tunnel (arrays have no "absent" entries).
+    pub const ACTIVE: u32 = 1;
+}
+
+/// `PEER_NEIGH[tunnel id]`: the customer router's MAC, learned by the
+/// datapath from the peer's ARP and IPv4 frames. Written only by the XDP
+/// program (and cleared by the daemon when a tunnel slot is reused), so a
+/// config reload never forgets a learned MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerNeigh {
+    pub mac: [u8; 6],
+    /// 1 when `mac` is valid.
+    pub valid: u16,
+}
+const _: () = assert!(core::mem::size_of::<PeerNeigh>() == 8);
+
+/// `GATEWAYS[gateway id]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gateway {
+    /// ifindex of the gateway's VPC-facing port (host order).
+    pub vpc_ifindex: u32,
+    /// 1 when the slot holds a configured gateway.
+    pub active: u32,
+}
+const _: () = assert!(core::mem::size_of::<Gateway>() == 8);
+
+/// Data part of the `ROUTES` LPM trie key. The trie compares bits from the
+/// first byte on, so the gateway id comes first, big-endian, and is always
+/// matched in full: the prefix length of an entry is `32 + route prefix`.
+/// One trie thereby holds every gateway's route table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    /// Gateway id, big-endian.
+    pub gateway: [u8; 4],
+    /// Destination address (network order).
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<RouteKey>() == 8);
+
+impl RouteKey {
+    /// Bits of the key that are always matched (the gateway id).
+    pub const GATEWAY_BITS: u32 = 32;
+
+    pub const fn new(gateway_id: u32, addr: [u8; 4]) -> Self {
+        Self {
+            gateway: gateway_id.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Where a route sends traffic.
+pub mod nexthop_kind {
+    /// Into the gateway's VPC (its VPC port, neighbour from the kernel FIB).
+    pub const VPC: u32 = 1;
+    /// To the IDC over one of the tunnels of a next-hop group.
+    pub const TUNNELS: u32 = 2;
+}
+
+/// `ROUTES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// `nexthop_kind::*`.
+    pub kind: u32,
+    /// Index into `NEXTHOP_GROUPS` (kind TUNNELS only). Routes point at a
+    /// group, not at tunnels, so a group change (failover, a new line) is one
+    /// map write however many routes share it.
+    pub group: u32,
+}
+const _: () = assert!(core::mem::size_of::<Route>() == 8);
+
+/// `NEXTHOP_GROUPS[group id]`: the tunnels that carry a set of prefixes.
+/// A flow is pinned to `tunnels[hash(5-tuple) % count]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NexthopGroup {
+    /// Number of valid entries in `tunnels` (0 = group unused).
+    pub count: u32,
+    /// Tunnel ids.
+    pub tunnels: [u32; limits::MAX_NEXTHOPS],
+}
+const _: () = assert!(core::mem::size_of::<NexthopGroup>() == 4 + 4 * limits::MAX_NEXTHOPS);
+
+/// 802.1Q constants used by both the datapath and the test frames.
+pub mod vlan {
+    /// Tag protocol identifier of an 802.1Q tag.
+    pub const TPID_8021Q: u16 = 0x8100;
+    /// Mask of the VLAN id in the tag control information.
+    pub const VID_MASK: u16 = 0x0fff;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
+    unsafe impl aya::Pod for Port {}
+    unsafe impl aya::Pod for VlanKey {}
+    unsafe impl aya::Pod for Tunnel {}
+    unsafe impl aya::Pod for PeerNeigh {}
+    unsafe impl aya::Pod for Gateway {}
+    unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for Route {}
+    unsafe impl aya::Pod for NexthopGroup {}
+    unsafe impl aya::Pod for Counters {}
+}

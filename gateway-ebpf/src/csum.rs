@@ -1,0 +1,31 @@
+//! Incremental Internet checksum updates (RFC 1624, eqn. 3:
+//! HC' = ~(~HC + ~m + m')). All 16-bit words are big-endian numbers as read
+//! from the wire, so the same code serves the IPv4 header and L4 checksums.
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum after one 16-bit word changed from `old` to `new`.
+#[inline(always)]
+pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check as u32) + ((!old) as u32) + new as u32)
+}
+
+/// Checksum after one 32-bit field (an IPv4 address) changed.
+#[inline(always)]
+pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let c = replace16(
+        check,
+        u16::from_be_bytes([old[0], old[1]]),
+        u16::from_be_bytes([new[0], new[1]]),
+    );
+    replace16(
+        c,
+        u16::from_be_bytes([old[2], old[3]]),
+        u16::from_be_bytes([new[2], new[3]]),
+    )
+}

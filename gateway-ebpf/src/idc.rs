@@ -1,0 +1,138 @@
+//! IDC -> VPC: frames arriving on a connection's trunk port.
+//!
+//! parse Ethernet + 802.1Q -> (connection, VLAN) selects the tunnel ->
+//! ARP / ICMP echo for the tunnel's own address answered locally ->
+//! route lookup in the tunnel's gateway table -> TTL, tag removed, MACs
+//! from the kernel FIB -> redirect to the gateway's VPC port.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use gateway_common::{
+    nexthop_kind,
+    vlan::{TPID_8021Q, VID_MASK},
+    Fate, Port, RouteKey, Tunnel, VlanKey,
+};
+use network_types::{eth::EthHdr, vlan::VlanHdr};
+
+use crate::{
+    counters::{self, Owner},
+    forward::{self, VpcNeighbour, DROP, PASS},
+    local,
+    maps::{GATEWAYS, ROUTES, TUNNEL_BY_VLAN},
+    packet::{self, frame_len, ptr_at, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, VLAN_ETH_LEN},
+};
+
+#[inline(always)]
+pub fn from_connection(ctx: &XdpContext, ifindex: u32, port: &Port) -> u32 {
+    let connection = Owner::Connection(port.id);
+    let len = frame_len(ctx);
+    counters::rx(connection, len);
+    let (Some(eth), Some(tag)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<VlanHdr>(ctx, ETH_LEN))
+    else {
+        // Shorter than an Ethernet header plus a tag: nothing of ours.
+        counters::fate(connection, Fate::Malformed);
+        return DROP;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (eth, tag) = unsafe { (&*eth, &*tag) };
+    if u16::from_be(eth.ether_type) != TPID_8021Q {
+        counters::fate(connection, Fate::Untagged);
+        return DROP;
+    }
+    let key = VlanKey {
+        ifindex,
+        vlan: u16::from_be_bytes(tag.tci) & VID_MASK,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out before any other map operation.
+    let Some(tunnel) = (unsafe { TUNNEL_BY_VLAN.get(key) }).copied() else {
+        counters::fate(connection, Fate::UnknownVlan);
+        return DROP;
+    };
+    let owner = Owner::Tunnel(tunnel.id);
+    counters::rx(owner, len);
+    match u16::from_be(tag.ether_type) {
+        ETH_P_ARP => local::arp(ctx, &tunnel),
+        ETH_P_IPV4 => ipv4(ctx, ifindex, &tunnel, eth.src_addr, eth.dst_addr),
+        _ => {
+            counters::fate(owner, Fate::NonIpv4);
+            DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn ipv4(
+    ctx: &XdpContext,
+    ifindex: u32,
+    tunnel: &Tunnel,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> u32 {
+    let owner = Owner::Tunnel(tunnel.id);
+    let Some(ip) = packet::ipv4(ctx, VLAN_ETH_LEN) else {
+        counters::fate(owner, Fate::Malformed);
+        return DROP;
+    };
+    if dst_mac != tunnel.connection_mac {
+        counters::fate(owner, Fate::OtherHost);
+        return DROP;
+    }
+    local::learn_peer(ctx, tunnel, src_mac);
+    if ip.dst() == tunnel.local_ip {
+        return local::to_local(ctx, tunnel, &ip);
+    }
+    let key = Key::new(
+        RouteKey::GATEWAY_BITS + 32,
+        RouteKey::new(tunnel.gateway_id, ip.dst()),
+    );
+    // Only VPC destinations: a gateway carries no IDC-to-IDC transit.
+    let to_vpc = ROUTES
+        .get(&key)
+        .is_some_and(|route| route.kind == nexthop_kind::VPC);
+    if !to_vpc {
+        counters::fate(owner, Fate::NoRoute);
+        return DROP;
+    }
+    if ip.ttl() <= 1 {
+        counters::fate(owner, Fate::TtlExceeded);
+        return DROP;
+    }
+    let Some(gateway) = GATEWAYS.get(tunnel.gateway_id).copied() else {
+        counters::fate(owner, Fate::NexthopInvalid);
+        return DROP;
+    };
+    if gateway.active == 0 {
+        counters::fate(owner, Fate::NexthopInvalid);
+        return DROP;
+    }
+    match forward::vpc_neighbour(ctx, &ip, ifindex) {
+        VpcNeighbour::Resolved {
+            ifindex: out,
+            smac,
+            dmac,
+        } if out == gateway.vpc_ifindex => {
+            forward::decrement_ttl(&ip);
+            if !forward::pop_vlan(ctx, dmac, smac) {
+                counters::fate(owner, Fate::Malformed);
+                return DROP;
+            }
+            counters::tx(Owner::Gateway(tunnel.gateway_id), frame_len(ctx));
+            forward::redirect(out)
+        }
+        VpcNeighbour::Missing { ifindex: out } if out == gateway.vpc_ifindex => {
+            // Slow path: the kernel forwards this one untagged packet and
+            // resolves the neighbour on the way; the flow's next packets
+            // find it and take the fast path. TTL is left to the kernel.
+            if !forward::pop_vlan(ctx, tunnel.connection_mac, src_mac) {
+                counters::fate(owner, Fate::Malformed);
+                return DROP;
+            }
+            counters::fate(owner, Fate::KernelNeighMissing);
+            PASS
+        }
+        _ => {
+            counters::fate(owner, Fate::VpcUnreachable);
+            DROP
+        }
+    }
+}

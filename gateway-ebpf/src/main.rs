@@ -1,0 +1,46 @@
+//! The gateway's XDP program: one entry point for every port; the port's
+//! role (connection trunk or VPC port) picks the pipeline.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod csum;
+mod forward;
+mod idc;
+mod local;
+mod maps;
+mod packet;
+mod vpc;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use gateway_common::{port_role, Fate};
+
+use crate::counters::Owner;
+
+#[xdp]
+pub fn gateway(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is copied out before any other map operation.
+    let port = unsafe { maps::PORTS.get(ifindex) }.copied();
+    match port {
+        Some(port) if port.role == port_role::CONNECTION => {
+            idc::from_connection(&ctx, ifindex, &port)
+        }
+        Some(port) if port.role == port_role::VPC => vpc::from_vpc(&ctx, &port),
+        _ => {
+            counters::rx(Owner::Node, packet::frame_len(&ctx));
+            counters::fate(Owner::Node, Fate::KernelUnknownPort);
+            forward::PASS
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,56 @@
+//! Every map of the program, one purpose each. Keys and values live in
+//! gateway-common; the daemon fills the configuration maps, the datapath
+//! fills `PEER_NEIGH` and the counters.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    macros::btf_map,
+};
+use gateway_common::{
+    limits::*, Counters, Gateway, NexthopGroup, PeerNeigh, Port, Route, RouteKey, Tunnel, VlanKey,
+};
+
+/// ifindex -> what the port is (connection trunk or VPC port) and its MAC.
+#[btf_map]
+pub static PORTS: HashMap<u32, Port, { MAX_PORTS as usize }> = HashMap::new();
+
+/// (connection ifindex, VLAN) -> tunnel: the IDC-side classifier, one
+/// hash lookup per frame.
+#[btf_map]
+pub static TUNNEL_BY_VLAN: HashMap<VlanKey, Tunnel, { MAX_TUNNELS as usize }> = HashMap::new();
+
+/// tunnel id -> tunnel: the VPC side reaches a tunnel through a route.
+#[btf_map]
+pub static TUNNELS: Array<Tunnel, { MAX_TUNNELS as usize }> = Array::new();
+
+/// tunnel id -> the customer router's learned MAC.
+#[btf_map]
+pub static PEER_NEIGH: Array<PeerNeigh, { MAX_TUNNELS as usize }> = Array::new();
+
+/// gateway id -> gateway (its VPC port).
+#[btf_map]
+pub static GATEWAYS: Array<Gateway, { MAX_GATEWAYS as usize }> = Array::new();
+
+/// (gateway id, destination) longest-prefix match -> where it goes. One
+/// trie serves every gateway's route table; see `RouteKey`.
+#[btf_map]
+pub static ROUTES: LpmTrie<RouteKey, Route, { MAX_ROUTES as usize }> = LpmTrie::new();
+
+/// next-hop group id -> member tunnels.
+#[btf_map]
+pub static NEXTHOP_GROUPS: Array<NexthopGroup, { MAX_NEXTHOP_GROUPS as usize }> = Array::new();
+
+#[btf_map]
+pub static TUNNEL_COUNTERS: PerCpuArray<Counters, { MAX_TUNNELS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static CONNECTION_COUNTERS: PerCpuArray<Counters, { MAX_CONNECTIONS as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static GATEWAY_COUNTERS: PerCpuArray<Counters, { MAX_GATEWAYS as usize }> =
+    PerCpuArray::new();
+
+/// Frames on ports the config does not know (slot 0 only).
+#[btf_map]
+pub static NODE_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();

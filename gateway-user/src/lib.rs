@@ -1,0 +1,8 @@
+//! gatewayd: the control plane of the XDP Direct Connect gateway.
+//!
+//! config (validated model) -> plan (desired map contents, pure) ->
+//! datapath (typed facade over the pinned BPF maps; applies a plan as a
+//! diff) -> daemon (run loop, control socket, peer ARP probes) -> stats.
+
+pub mod config;
+pub mod ebpf;
