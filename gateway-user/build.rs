@@ -38,4 +38,4 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The eBPF crate's binaries, one object each.
-const EBPF_BINARIES: &[&str] = &["gateway"];
+const EBPF_BINARIES: &[&str] = &["gateway", "lab-vlan"];

@@ -5,4 +5,11 @@
 //! diff) -> daemon (run loop, control socket, peer ARP probes) -> stats.
 
 pub mod config;
+pub mod daemon;
+pub mod datapath;
 pub mod ebpf;
+pub mod netdev;
+pub mod plan;
+pub mod probe;
+pub mod stats;
+pub mod lab;

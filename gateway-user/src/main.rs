@@ -1,5 +1,168 @@
-fn main() -> anyhow::Result<()> {
-    let obj = gateway_user::ebpf::gateway_object()?;
-    println!("embedded object: {} bytes", obj.len());
-    Ok(())
+//! `gatewayd`: the daemon and its CLI.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use gateway_user::{
+    config::Config,
+    daemon::{self, Paths},
+    stats::{render_table, Snapshot},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "gatewayd", version, about = "XDP Direct Connect gateway: daemon and CLI")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, default_value = "info", env = "GATEWAYD_LOG")]
+    log_level: String,
+    /// bpffs mount under which maps are pinned (<bpffs>/gatewayd/<node>/).
+    #[arg(long, global = true, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+    /// Folder of the daemon's control sockets.
+    #[arg(long, global = true, default_value = "/run/gatewayd")]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a config file; print every error (file:line: value: rule).
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Load the XDP program, attach it to every configured port, fill the
+    /// maps, and keep them equal to the config until SIGINT/SIGTERM.
+    /// SIGHUP reloads the config.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Per-tunnel counters of the running daemon.
+    Stats {
+        /// Config of the node to ask (its [node] name picks the daemon).
+        #[arg(short, long, conflicts_with = "node")]
+        config: Option<PathBuf>,
+        /// Node name of the daemon to ask (default: the only one running).
+        #[arg(long)]
+        node: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to re-read its config (like SIGHUP), and
+    /// report whether it was applied.
+    Reload {
+        #[arg(short, long, conflicts_with = "node")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatewayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let paths = Paths {
+        bpffs: cli.bpffs,
+        run_dir: cli.run_dir,
+    };
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (node {}, {} connections, {} gateways, {} tunnels)",
+                    config.display(),
+                    c.node.name,
+                    c.connections.len(),
+                    c.gateways.len(),
+                    c.tunnels.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Run { config } => {
+            runtime()?.block_on(daemon::run(&config, &paths))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { config, node, json } => {
+            let socket = socket_for(&paths, config, node)?;
+            let value = runtime()?.block_on(daemon::request(&socket, "stats"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let snapshot: Snapshot = serde_json::from_value(value)?;
+                print!("{}", render_table(&snapshot));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { config, node } => {
+            let socket = socket_for(&paths, config, node)?;
+            runtime()?.block_on(daemon::request(&socket, "reload"))?;
+            println!("reload applied");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The control socket of the daemon a client command addresses.
+fn socket_for(paths: &Paths, config: Option<PathBuf>, node: Option<String>) -> Result<PathBuf> {
+    if let Some(path) = config {
+        let c = Config::load(&path).map_err(|e| anyhow!("{e}"))?;
+        return Ok(paths.socket(&c.node.name));
+    }
+    if let Some(node) = node {
+        return Ok(paths.socket(&node));
+    }
+    let sockets: Vec<PathBuf> = std::fs::read_dir(&paths.run_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match sockets.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "no gatewayd is running (no control socket in {})",
+            paths.run_dir.display()
+        ),
+        _ => bail!(
+            "several gatewayd nodes are running ({}); pick one with --node or -c",
+            sockets
+                .iter()
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }

@@ -1,1 +1,111 @@
-fn main() {}
+//! `cargo xtask`: bootstrap, test and demo entry points for the workspace.
+//!
+//! This crate must compile on a fresh machine, so it depends on nothing that
+//! builds eBPF (no gateway-user, no aya-build): only anyhow and clap.
+
+mod cmd;
+mod setup;
+mod test;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Workspace tasks: setup, test, demo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install whatever is missing: nightly, rust-src, bpf-linker, Debian
+    /// tools (bpftool, iproute2, ...), bpffs. Idempotent.
+    Setup,
+    /// Run setup, then fmt, clippy, build, unit tests and the kernel tiers
+    /// (root only). Arguments after `--` go to `cargo test -p tests`.
+    Test {
+        /// Only setup and the unit tier (gateway-common, gateway-user): no
+        /// lints, no kernel tiers, no root needed if setup has nothing to do.
+        #[arg(long)]
+        quick_unit: bool,
+        /// Passed to the kernel-tier test binaries, e.g. a test name filter.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Run setup, build, then `gatewayd demo` on a throw-away veth-namespace
+    /// topology (root only). Arguments after `--` go to `gatewayd demo`.
+    Demo {
+        #[arg(last = true)]
+        demo_args: Vec<String>,
+    },
+}
+
+/// The workspace root: the parent of this crate's manifest directory, so the
+/// tasks work from any cwd inside the repository.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+pub const ROOT_HINT: &str = "run as root (needs apt-get, bpffs, XDP)";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => match setup::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Task::Test {
+            quick_unit,
+            test_args,
+        } => test::run(quick_unit, &test_args),
+        Task::Demo { demo_args } => demo(&demo_args),
+    }
+}
+
+fn demo(args: &[String]) -> ExitCode {
+    if !cmd::is_root() {
+        eprintln!("cargo xtask demo: {ROOT_HINT}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = setup::run() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let root = workspace_root();
+    println!("==> cargo build");
+    let status = cmd::cargo().arg("build").current_dir(&root).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            eprintln!("demo: cargo build failed ({s})");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("demo: cannot run cargo: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let gatewayd = cmd::target_dir(&root).join("debug").join("gatewayd");
+    println!("==> {} demo", gatewayd.display());
+    // exec: gatewayd replaces this process, so its exit code (and its signal
+    // handling for Ctrl-C cleanup) is the demo's own.
+    let err = Command::new(&gatewayd)
+        .arg("demo")
+        .args(args)
+        .current_dir(&root)
+        .env("PATH", cmd::child_path())
+        .exec();
+    eprintln!("demo: cannot exec {}: {err}", gatewayd.display());
+    ExitCode::FAILURE
+}

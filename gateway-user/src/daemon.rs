@@ -1,0 +1,421 @@
+//! `gatewayd run`: load, fill, attach, then keep the maps equal to the
+//! config until told to stop. Also the control socket that `gatewayd stats`
+//! and `gatewayd reload` talk to.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use gateway_common::{map_names as names, FateKind};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    datapath::{self, Datapath},
+    ebpf, netdev,
+    plan::{self, Plan},
+    probe::Prober,
+    stats::{fates_of, PortStats, Snapshot, TunnelStats},
+};
+
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// bpffs mount under which pins go (`<bpffs>/gatewayd/<node>/`).
+    pub bpffs: PathBuf,
+    /// Folder of the control sockets (`<run_dir>/<node>.sock`).
+    pub run_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn socket(&self, node: &str) -> PathBuf {
+        self.run_dir.join(format!("{node}.sock"))
+    }
+}
+
+struct State {
+    config_path: PathBuf,
+    node: String,
+    dp: Datapath,
+    plan: Plan,
+    /// ifindex -> interface name of every port the program is attached to.
+    ports: BTreeMap<u32, String>,
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+    config
+        .check_interfaces(netdev::exists)
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(config)
+}
+
+impl State {
+    /// Builds the plan for `config` and makes the datapath match it:
+    /// detach removed ports, write the maps (as a diff), attach new ports.
+    fn converge(&mut self, config: &Config) -> Result<()> {
+        let existing = self.dp.existing()?;
+        let plan = plan::build(config, &netdev::lookup, &existing)?;
+        let mut wanted: BTreeMap<u32, String> = BTreeMap::new();
+        for c in &config.connections {
+            if let Some(d) = netdev::lookup(&c.interface) {
+                wanted.insert(d.ifindex, c.interface.clone());
+            }
+        }
+        for g in &config.gateways {
+            if let Some(d) = netdev::lookup(&g.interface) {
+                wanted.insert(d.ifindex, g.interface.clone());
+            }
+        }
+        let removed: Vec<u32> = self
+            .ports
+            .keys()
+            .filter(|i| !wanted.contains_key(i))
+            .copied()
+            .collect();
+        for ifindex in removed {
+            self.dp.detach(ifindex)?;
+            if let Some(name) = self.ports.remove(&ifindex) {
+                info!("detached XDP from {name}");
+            }
+        }
+        let stats = self.dp.apply(&plan)?;
+        for (ifindex, name) in &wanted {
+            if netdev::enable_forwarding(name)? {
+                info!("{name}: enabled net.ipv4.conf.{name}.forwarding (needed by bpf_fib_lookup and the slow path)");
+            }
+            if !self.ports.contains_key(ifindex) {
+                self.dp.attach(name, *ifindex)?;
+                self.ports.insert(*ifindex, name.clone());
+                if netdev::driver(name).as_deref() == Some("veth") {
+                    info!("{name} is a veth: frames redirected to it reach its peer only if the peer has XDP or GRO on (ethtool -K PEER gro on)");
+                }
+            }
+        }
+        for c in &config.connections {
+            if netdev::rp_filter_active(&c.interface) {
+                warn!("{}: rp_filter is on; packets the kernel forwards on the slow path (unresolved VPC neighbour) will be dropped. Set net.ipv4.conf.{{all,{}}}.rp_filter=0", c.interface, c.interface);
+            }
+        }
+        info!(
+            tunnels = plan.tunnels.len(),
+            gateways = plan.gateways.len(),
+            routes = plan.routes.len(),
+            changed = stats.changed,
+            removed = stats.removed,
+            "datapath in step with the config"
+        );
+        self.plan = plan;
+        Ok(())
+    }
+
+    /// Re-reads the config; on any error nothing changes.
+    fn reload(&mut self) -> Result<()> {
+        let config = load_config(&self.config_path)?;
+        if config.node.name != self.node {
+            bail!(
+                "node.name changed from {:?} to {:?}; that needs a restart (it names the pin folder)",
+                self.node,
+                config.node.name
+            );
+        }
+        // Plan first: a config the plan rejects (e.g. too many tunnels)
+        // leaves the datapath untouched.
+        plan::build(&config, &netdev::lookup, &self.dp.existing()?)?;
+        self.converge(&config)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        let tunnel_counters = self.dp.counters(
+            names::TUNNEL_COUNTERS,
+            self.plan.tunnel_meta.iter().map(|t| t.id),
+        )?;
+        let peers = self.dp.peer_macs(self.plan.tunnel_meta.iter().map(|t| t.id))?;
+        let tunnels = self
+            .plan
+            .tunnel_meta
+            .iter()
+            .map(|m| {
+                let c = tunnel_counters.get(&m.id).copied().unwrap_or_default();
+                TunnelStats {
+                    name: m.name.clone(),
+                    gateway: m.gateway.clone(),
+                    connection: m.connection.clone(),
+                    vlan: m.vlan,
+                    rx_packets: c.rx_packets,
+                    rx_bytes: c.rx_bytes,
+                    tx_packets: c.tx_packets,
+                    tx_bytes: c.tx_bytes,
+                    drops: fates_of(&c, FateKind::Drop),
+                    answered: fates_of(&c, FateKind::Answered),
+                    to_kernel: fates_of(&c, FateKind::Kernel),
+                    peer_mac: peers.get(&m.id).map(netdev::format_mac),
+                }
+            })
+            .collect();
+        let port_stats = |map: &str, meta: &[plan::NamedId]| -> Result<Vec<PortStats>> {
+            let counters = self.dp.counters(map, meta.iter().map(|m| m.id))?;
+            Ok(meta
+                .iter()
+                .map(|m| {
+                    let c = counters.get(&m.id).copied().unwrap_or_default();
+                    PortStats {
+                        name: m.name.clone(),
+                        interface: m.interface.clone(),
+                        rx_packets: c.rx_packets,
+                        rx_bytes: c.rx_bytes,
+                        tx_packets: c.tx_packets,
+                        tx_bytes: c.tx_bytes,
+                        drops: fates_of(&c, FateKind::Drop),
+                        to_kernel: fates_of(&c, FateKind::Kernel),
+                    }
+                })
+                .collect())
+        };
+        Ok(Snapshot {
+            node: self.node.clone(),
+            tunnels,
+            connections: port_stats(names::CONNECTION_COUNTERS, &self.plan.connection_meta)?,
+            gateways: port_stats(names::GATEWAY_COUNTERS, &self.plan.gateway_meta)?,
+        })
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.dp.detach_all()?;
+        for name in self.ports.values() {
+            info!("detached XDP from {name}");
+        }
+        self.ports.clear();
+        // Clean stop: nothing of ours stays in the kernel.
+        let dir = self.dp.pin_dir().to_owned();
+        for name in names::ALL {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
+    }
+}
+
+fn preflight() -> Result<()> {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("gatewayd run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN for XDP and bpffs pins)");
+    }
+    // Kernels before 5.x refuse BTF maps / big per-CPU arrays; the load
+    // error is then the kernel's own. Raise the memlock limit for old kernels
+    // that still account BPF memory to it.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    Ok(())
+}
+
+pub async fn run(config_path: &Path, paths: &Paths) -> Result<()> {
+    let config = load_config(config_path)?;
+    preflight()?;
+    datapath::check_bpffs(&paths.bpffs)?;
+    let node = config.node.name.clone();
+    let socket_path = paths.socket(&node);
+    claim_socket(&socket_path).await?;
+
+    let pin_dir = datapath::pin_dir(&paths.bpffs, &node);
+    let mut dp = Datapath::load(ebpf::gateway_object()?, &pin_dir)?;
+    let logger = dp.take_logger();
+    let mut state = State {
+        config_path: config_path.to_owned(),
+        node: node.clone(),
+        dp,
+        plan: Plan::default(),
+        ports: BTreeMap::new(),
+    };
+    if let Err(e) = state.converge(&config) {
+        let _ = state.shutdown();
+        return Err(e);
+    }
+    info!("node {node}: running; maps pinned in {}", pin_dir.display());
+    let state = Arc::new(Mutex::new(state));
+
+    if let Some(logger) = logger {
+        tokio::spawn(drain_ebpf_log(logger));
+    }
+    std::fs::create_dir_all(&paths.run_dir)?;
+    let listener = UnixListener::bind(&socket_path)
+        .with_context(|| format!("binding control socket {}", socket_path.display()))?;
+    tokio::spawn(serve_control(listener, state.clone()));
+    tokio::spawn(probe_peers(state.clone()));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading {}", config_path.display());
+                let result = lock(&state).reload();
+                match result {
+                    Ok(()) => info!("reload applied"),
+                    Err(e) => error!("reload rejected, running state unchanged:\n{e:#}"),
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    let result = lock(&state).shutdown();
+    result
+}
+
+fn lock(state: &Arc<Mutex<State>>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding the lock is a bug; keep serving regardless.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Refuses to start twice for one node; removes a stale socket.
+async fn claim_socket(path: &Path) -> Result<()> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "a gatewayd for this node is already running (control socket {})",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn drain_ebpf_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the ring buffer's fd is owned by `logger`, which the AsyncFd
+    // owns; it stays open and unchanged until the AsyncFd is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("eBPF log lines unavailable: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// One request per connection: a command line in, a JSON document out.
+async fn serve_control(listener: UnixListener, state: Arc<Mutex<State>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match line.trim() {
+                "stats" => match lock(&state).snapshot() {
+                    Ok(s) => serde_json::to_string(&s).unwrap_or_default(),
+                    Err(e) => error_json(&format!("{e:#}")),
+                },
+                "reload" => {
+                    let result = lock(&state).reload();
+                    match result {
+                        Ok(()) => {
+                            info!("reload (control socket) applied");
+                            serde_json::json!({"ok": true}).to_string()
+                        }
+                        Err(e) => {
+                            error!("reload rejected, running state unchanged:\n{e:#}");
+                            error_json(&format!("{e:#}"))
+                        }
+                    }
+                }
+                other => error_json(&format!("unknown command {other:?}")),
+            };
+            let _ = write.write_all(reply.as_bytes()).await;
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
+fn error_json(message: &str) -> String {
+    serde_json::json!({"ok": false, "error": message}).to_string()
+}
+
+/// ARPs every second for tunnels whose peer MAC is unknown.
+async fn probe_peers(state: Arc<Mutex<State>>) {
+    let prober = match Prober::new() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("cannot open a packet socket for peer ARP probes: {e}; VPC->IDC traffic waits for the IDC to send first");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let frames: Vec<(u32, [u8; 46])> = {
+            let s = lock(&state);
+            let known = s
+                .dp
+                .peer_macs(s.plan.tunnels.keys().copied())
+                .unwrap_or_default();
+            s.plan
+                .tunnels
+                .values()
+                .filter(|t| !known.contains_key(&t.id))
+                .map(|t| (t.connection_ifindex, crate::probe::arp_request_frame(t)))
+                .collect()
+        };
+        for (ifindex, frame) in frames {
+            if let Err(e) = prober.send(ifindex, &frame) {
+                warn!("peer ARP probe on ifindex {ifindex}: {e}");
+            }
+        }
+    }
+}
+
+/// Client side of the control socket.
+pub async fn request(socket: &Path, command: &str) -> Result<serde_json::Value> {
+    let mut stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "no gatewayd is running for this node (cannot connect to {})",
+            socket.display()
+        )
+    })?;
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut buf = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut buf).await?;
+    let value: serde_json::Value =
+        serde_json::from_str(&buf).context("malformed answer from gatewayd")?;
+    if value.get("ok") == Some(&serde_json::Value::Bool(false)) {
+        bail!(
+            "{}",
+            value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("gatewayd reported an error")
+        );
+    }
+    Ok(value)
+}

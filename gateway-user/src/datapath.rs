@@ -1,0 +1,433 @@
+//! The one typed facade over the XDP program and its maps. Nothing else in
+//! the daemon opens a map by name.
+//!
+//! Maps are pinned under `<bpffs>/gatewayd/<node>/<MAP>` (aya reuses a map
+//! that is already pinned there), so `bpftool map dump pinned` works and a
+//! restarted daemon finds the state the datapath kept.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use gateway_common::{
+    limits, map_names as names, Counters, Gateway, NexthopGroup, PeerNeigh, Port, Route, RouteKey,
+    Tunnel, VlanKey, XDP_PROGRAM,
+};
+use tracing::{debug, info};
+
+use crate::plan::{Existing, Plan, RouteEntryKey};
+
+/// Where a node's pins live.
+pub fn pin_dir(bpffs: &Path, node: &str) -> PathBuf {
+    bpffs.join("gatewayd").join(node)
+}
+
+/// Checks that `path` (or its closest existing ancestor) is on a bpffs.
+pub fn check_bpffs(bpffs: &Path) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = bpffs.to_string_lossy();
+    let found = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, mount_point, fstype) = (f.next(), f.next(), f.next());
+        fstype == Some("bpf") && mount_point == Some(want.as_ref())
+    });
+    if !found {
+        bail!(
+            "{} is not a bpffs mount; mount it with `mount -t bpf bpf {}` (cargo xtask setup does this)",
+            want,
+            want
+        );
+    }
+    Ok(())
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    links: BTreeMap<u32, XdpLinkId>,
+}
+
+impl Datapath {
+    /// Loads the program and creates (or reuses) the pinned maps.
+    pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating pin folder {}", pin_dir.display()))?;
+        let mut loader = EbpfLoader::new();
+        for name in names::ALL {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let ebpf = loader.load(object).map_err(|e| {
+            anyhow!(
+                "loading the eBPF object failed: {e}\n(pinned maps of an incompatible earlier version? remove {} and retry)",
+                pin_dir.display()
+            )
+        })?;
+        let mut dp = Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            links: BTreeMap::new(),
+        };
+        dp.program()?.load().map_err(|e| {
+            // The verifier's log is the one thing an operator (or a CI run)
+            // needs when the kernel refuses the program: print it whole.
+            anyhow!("the kernel rejected the XDP program: {e}")
+        })?;
+        Ok(dp)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Hands the aya-log ring buffer to the caller (who drains it into the
+    /// daemon's log). Must be kept alive while the program runs.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("eBPF log lines unavailable: {e}");
+                None
+            }
+        }
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp> {
+        let prog = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing from the eBPF object"))?;
+        Ok(prog.try_into()?)
+    }
+
+    /// Attaches to a port in native (driver) mode; falls back to generic
+    /// (skb) mode with a warning where the driver has no native XDP.
+    pub fn attach(&mut self, interface: &str, ifindex: u32) -> Result<()> {
+        if self.links.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let prog = self.program()?;
+        let link = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(link) => link,
+            Err(native) => {
+                tracing::warn!(
+                    "{interface}: native XDP refused ({native}); using generic (skb) mode, which is much slower"
+                );
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {interface}"))?
+            }
+        };
+        info!("attached XDP to {interface} (ifindex {ifindex})");
+        self.links.insert(ifindex, link);
+        Ok(())
+    }
+
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        if let Some(link) = self.links.remove(&ifindex) {
+            self.program()?.detach(link)?;
+        }
+        Ok(())
+    }
+
+    pub fn detach_all(&mut self) -> Result<()> {
+        let ifindexes: Vec<u32> = self.links.keys().copied().collect();
+        for ifindex in ifindexes {
+            self.detach(ifindex)?;
+        }
+        Ok(())
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
+        self.links.keys().copied()
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+
+    /// Ids in use in the maps, so a new plan keeps them.
+    pub fn existing(&self) -> Result<Existing> {
+        let mut existing = Existing::default();
+        let by_vlan: HashMap<_, VlanKey, Tunnel> = HashMap::try_from(self.map(names::TUNNEL_BY_VLAN)?)?;
+        for entry in by_vlan.iter() {
+            let (k, t) = entry?;
+            existing.tunnels.insert((k.ifindex, k.vlan), t.id);
+        }
+        let ports: HashMap<_, u32, Port> = HashMap::try_from(self.map(names::PORTS)?)?;
+        for entry in ports.iter() {
+            let (ifindex, p) = entry?;
+            match p.role {
+                gateway_common::port_role::CONNECTION => {
+                    existing.connections.insert(ifindex, p.id);
+                }
+                gateway_common::port_role::VPC => {
+                    existing.gateways.insert(ifindex, p.id);
+                }
+                _ => {}
+            }
+        }
+        for (id, g) in self.groups()? {
+            let members = g.tunnels[..(g.count as usize).min(limits::MAX_NEXTHOPS)].to_vec();
+            existing.groups.insert(members, id);
+        }
+        Ok(existing)
+    }
+
+    fn groups(&self) -> Result<BTreeMap<u32, NexthopGroup>> {
+        let groups: Array<_, NexthopGroup> = Array::try_from(self.map(names::NEXTHOP_GROUPS)?)?;
+        let mut out = BTreeMap::new();
+        for (id, g) in groups.iter().enumerate() {
+            let g = g?;
+            if g.count != 0 {
+                out.insert(id as u32, g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the maps equal to `plan`, touching only what differs, in an
+    /// order where every intermediate state is one a packet may safely see:
+    /// referenced objects (groups, tunnels, gateways) before the entries that
+    /// reference them (ports, VLAN classifier, routes); removals in the
+    /// opposite order.
+    pub fn apply(&mut self, plan: &Plan) -> Result<ApplyStats> {
+        let mut stats = ApplyStats::default();
+        let current = self.read_config_maps()?;
+
+        // 1. new tunnels start with clean counters and no learned peer MAC;
+        //    a changed peer address forgets the MAC too.
+        for (id, t) in &plan.tunnels {
+            let fresh = match current.tunnels.get(id) {
+                Some(old) => old.flags == 0 || old.peer_ip != t.peer_ip,
+                None => true,
+            };
+            if fresh {
+                self.reset_tunnel_state(*id)?;
+            }
+        }
+        // 2. groups, tunnels, gateways (arrays: upsert in place)
+        {
+            let mut groups: Array<_, NexthopGroup> =
+                Array::try_from(self.map_mut(names::NEXTHOP_GROUPS)?)?;
+            for (id, g) in &plan.groups {
+                if current.groups.get(id) != Some(g) {
+                    groups.set(*id, g, 0).context("writing a next-hop group")?;
+                    stats.changed += 1;
+                }
+            }
+        }
+        {
+            let mut tunnels: Array<_, Tunnel> = Array::try_from(self.map_mut(names::TUNNELS)?)?;
+            for (id, t) in &plan.tunnels {
+                if current.tunnels.get(id) != Some(t) {
+                    tunnels.set(*id, t, 0).context("writing a tunnel")?;
+                    stats.changed += 1;
+                }
+            }
+        }
+        {
+            let mut gateways: Array<_, Gateway> = Array::try_from(self.map_mut(names::GATEWAYS)?)?;
+            for (id, g) in &plan.gateways {
+                if current.gateways.get(id) != Some(g) {
+                    gateways.set(*id, g, 0).context("writing a gateway")?;
+                    stats.changed += 1;
+                }
+            }
+        }
+        // 3. ports, classifier, routes: upserts
+        {
+            let mut ports: HashMap<_, u32, Port> = HashMap::try_from(self.map_mut(names::PORTS)?)?;
+            for (ifindex, p) in &plan.ports {
+                if current.ports.get(ifindex) != Some(p) {
+                    ports.insert(ifindex, p, 0).context("writing a port")?;
+                    stats.changed += 1;
+                }
+            }
+        }
+        {
+            let mut by_vlan: HashMap<_, VlanKey, Tunnel> =
+                HashMap::try_from(self.map_mut(names::TUNNEL_BY_VLAN)?)?;
+            for (k, t) in &plan.tunnel_by_vlan {
+                if current.tunnel_by_vlan.get(k) != Some(t) {
+                    by_vlan
+                        .insert(Plan::vlan_key(*k), t, 0)
+                        .context("writing the VLAN classifier")?;
+                    stats.changed += 1;
+                }
+            }
+        }
+        {
+            let mut routes: LpmTrie<_, RouteKey, Route> =
+                LpmTrie::try_from(self.map_mut(names::ROUTES)?)?;
+            for (k, r) in &plan.routes {
+                if current.routes.get(k) != Some(r) {
+                    routes
+                        .insert(&Key::new(k.trie_prefix_len(), k.data()), r, 0)
+                        .context("writing a route")?;
+                    stats.changed += 1;
+                }
+            }
+            // 4. removals, referencing entries first
+            for k in current.routes.keys() {
+                if !plan.routes.contains_key(k) {
+                    routes
+                        .remove(&Key::new(k.trie_prefix_len(), k.data()))
+                        .context("removing a route")?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        {
+            let mut by_vlan: HashMap<_, VlanKey, Tunnel> =
+                HashMap::try_from(self.map_mut(names::TUNNEL_BY_VLAN)?)?;
+            for k in current.tunnel_by_vlan.keys() {
+                if !plan.tunnel_by_vlan.contains_key(k) {
+                    by_vlan.remove(&Plan::vlan_key(*k))?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        {
+            let mut ports: HashMap<_, u32, Port> = HashMap::try_from(self.map_mut(names::PORTS)?)?;
+            for ifindex in current.ports.keys() {
+                if !plan.ports.contains_key(ifindex) {
+                    ports.remove(ifindex)?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        {
+            let mut tunnels: Array<_, Tunnel> = Array::try_from(self.map_mut(names::TUNNELS)?)?;
+            for id in current.tunnels.keys() {
+                if !plan.tunnels.contains_key(id) {
+                    tunnels.set(*id, Tunnel::default(), 0)?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        {
+            let mut gateways: Array<_, Gateway> = Array::try_from(self.map_mut(names::GATEWAYS)?)?;
+            for id in current.gateways.keys() {
+                if !plan.gateways.contains_key(id) {
+                    gateways.set(*id, Gateway::default(), 0)?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        {
+            let mut groups: Array<_, NexthopGroup> =
+                Array::try_from(self.map_mut(names::NEXTHOP_GROUPS)?)?;
+            for id in current.groups.keys() {
+                if !plan.groups.contains_key(id) {
+                    groups.set(*id, NexthopGroup::default(), 0)?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        debug!(?stats, "applied plan");
+        Ok(stats)
+    }
+
+    fn reset_tunnel_state(&mut self, id: u32) -> Result<()> {
+        let mut peers: Array<_, PeerNeigh> = Array::try_from(self.map_mut(names::PEER_NEIGH)?)?;
+        peers.set(id, PeerNeigh::default(), 0)?;
+        let mut counters: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(self.map_mut(names::TUNNEL_COUNTERS)?)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        counters.set(id, PerCpuValues::try_from(vec![Counters::default(); cpus])?, 0)?;
+        Ok(())
+    }
+
+    /// Current contents of the configuration maps (arrays: active slots only).
+    pub fn read_config_maps(&self) -> Result<Plan> {
+        let mut p = Plan::default();
+        let ports: HashMap<_, u32, Port> = HashMap::try_from(self.map(names::PORTS)?)?;
+        for e in ports.iter() {
+            let (k, v) = e?;
+            p.ports.insert(k, v);
+        }
+        let by_vlan: HashMap<_, VlanKey, Tunnel> = HashMap::try_from(self.map(names::TUNNEL_BY_VLAN)?)?;
+        for e in by_vlan.iter() {
+            let (k, v) = e?;
+            p.tunnel_by_vlan.insert((k.ifindex, k.vlan), v);
+        }
+        let tunnels: Array<_, Tunnel> = Array::try_from(self.map(names::TUNNELS)?)?;
+        for (id, t) in tunnels.iter().enumerate() {
+            let t = t?;
+            if t.flags != 0 {
+                p.tunnels.insert(id as u32, t);
+            }
+        }
+        let gateways: Array<_, Gateway> = Array::try_from(self.map(names::GATEWAYS)?)?;
+        for (id, g) in gateways.iter().enumerate() {
+            let g = g?;
+            if g.active != 0 {
+                p.gateways.insert(id as u32, g);
+            }
+        }
+        let routes: LpmTrie<_, RouteKey, Route> = LpmTrie::try_from(self.map(names::ROUTES)?)?;
+        for e in routes.iter() {
+            let (k, v) = e?;
+            p.routes
+                .insert(RouteEntryKey::from_trie(k.prefix_len(), k.data()), v);
+        }
+        p.groups = self.groups()?;
+        Ok(p)
+    }
+
+    /// Learned peer MAC of the given tunnel ids.
+    pub fn peer_macs(&self, ids: impl Iterator<Item = u32>) -> Result<BTreeMap<u32, [u8; 6]>> {
+        let peers: Array<_, PeerNeigh> = Array::try_from(self.map(names::PEER_NEIGH)?)?;
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let p = peers.get(&id, 0)?;
+            if p.valid != 0 {
+                out.insert(id, p.mac);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counters summed over CPUs, for the given ids of a counter map.
+    pub fn counters(&self, map: &str, ids: impl Iterator<Item = u32>) -> Result<BTreeMap<u32, Counters>> {
+        read_counters(self.map(map)?, ids)
+    }
+}
+
+/// Sums a per-CPU counter array's slots over CPUs.
+pub fn read_counters(
+    map: &aya::maps::Map,
+    ids: impl Iterator<Item = u32>,
+) -> Result<BTreeMap<u32, Counters>> {
+    let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map)?;
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let per_cpu = arr.get(&id, 0)?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        out.insert(id, sum);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyStats {
+    pub changed: usize,
+    pub removed: usize,
+}

@@ -1,0 +1,499 @@
+//! Config -> desired contents of every configuration map: a pure function,
+//! tested without a kernel. The datapath facade applies a `Plan` as a diff.
+//!
+//! Ids (array indexes) are stable: a tunnel keeps its id as long as its
+//! (connection interface, VLAN) stays, a gateway as long as its VPC port
+//! stays, so counters and learned peer MACs survive reloads and restarts.
+//! The previous assignment is read back from the maps (`Existing`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{anyhow, bail, Result};
+use gateway_common::{
+    limits, nexthop_kind, port_role, tunnel_flags, Gateway, NexthopGroup, Port, Route, RouteKey,
+    Tunnel, VlanKey,
+};
+use ipnet::Ipv4Net;
+
+use crate::config::Config;
+
+/// What the kernel says about an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetDev {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// An LPM trie entry's key: data plus the number of leading bits matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteEntryKey {
+    pub gateway_id: u32,
+    pub addr: [u8; 4],
+    /// Prefix length of the destination (0..=32), without the gateway bits.
+    pub prefix_len: u8,
+}
+
+impl RouteEntryKey {
+    pub fn trie_prefix_len(&self) -> u32 {
+        RouteKey::GATEWAY_BITS + self.prefix_len as u32
+    }
+    pub fn data(&self) -> RouteKey {
+        RouteKey::new(self.gateway_id, self.addr)
+    }
+    pub fn from_trie(prefix_len: u32, data: RouteKey) -> Self {
+        Self {
+            gateway_id: u32::from_be_bytes(data.gateway),
+            addr: data.addr,
+            prefix_len: prefix_len.saturating_sub(RouteKey::GATEWAY_BITS) as u8,
+        }
+    }
+}
+
+/// Ids already in use in the maps (read back by the datapath facade).
+#[derive(Clone, Debug, Default)]
+pub struct Existing {
+    /// (connection ifindex, VLAN) -> tunnel id.
+    pub tunnels: BTreeMap<(u32, u16), u32>,
+    /// VPC port ifindex -> gateway id.
+    pub gateways: BTreeMap<u32, u32>,
+    /// Connection port ifindex -> connection id.
+    pub connections: BTreeMap<u32, u32>,
+    /// Member tunnel ids -> group id.
+    pub groups: BTreeMap<Vec<u32>, u32>,
+}
+
+/// Names behind the ids, for stats and logs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelMeta {
+    pub id: u32,
+    pub name: String,
+    pub gateway: String,
+    pub connection: String,
+    pub vlan: u16,
+    pub interface: String,
+    pub local_ip: String,
+    pub peer_ip: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamedId {
+    pub id: u32,
+    pub name: String,
+    pub interface: String,
+}
+
+/// Desired contents of every configuration map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ports: BTreeMap<u32, Port>,
+    pub tunnel_by_vlan: BTreeMap<(u32, u16), Tunnel>,
+    pub tunnels: BTreeMap<u32, Tunnel>,
+    pub gateways: BTreeMap<u32, Gateway>,
+    pub routes: BTreeMap<RouteEntryKey, Route>,
+    pub groups: BTreeMap<u32, NexthopGroup>,
+    pub tunnel_meta: Vec<TunnelMeta>,
+    pub gateway_meta: Vec<NamedId>,
+    pub connection_meta: Vec<NamedId>,
+}
+
+impl Plan {
+    pub fn vlan_key((ifindex, vlan): (u32, u16)) -> VlanKey {
+        VlanKey {
+            ifindex,
+            vlan,
+            _pad: 0,
+        }
+    }
+}
+
+/// Picks the lowest id not in `used` below `limit`.
+fn allocate(used: &BTreeSet<u32>, limit: u32, what: &str) -> Result<u32> {
+    (0..limit)
+        .find(|id| !used.contains(id))
+        .ok_or_else(|| anyhow!("too many {what}: the datapath holds at most {limit}"))
+}
+
+/// Builds the plan. `netdev` resolves interface names (the config has been
+/// checked for missing interfaces already; a miss here is still an error).
+pub fn build(
+    config: &Config,
+    netdev: &dyn Fn(&str) -> Option<NetDev>,
+    existing: &Existing,
+) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let dev = |name: &str| netdev(name).ok_or_else(|| anyhow!("interface {name} does not exist"));
+
+    // Connections: id kept per trunk port.
+    let mut connection_ids = BTreeMap::new();
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut pending = Vec::new();
+    for c in &config.connections {
+        let d = dev(&c.interface)?;
+        match existing.connections.get(&d.ifindex) {
+            Some(&id) if used.insert(id) => {
+                connection_ids.insert(c.name.clone(), (id, d));
+            }
+            _ => pending.push((c, d)),
+        }
+    }
+    for (c, d) in pending {
+        let id = allocate(&used, limits::MAX_CONNECTIONS, "connections")?;
+        used.insert(id);
+        connection_ids.insert(c.name.clone(), (id, d));
+    }
+
+    // Gateways: id kept per VPC port.
+    let mut gateway_ids = BTreeMap::new();
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut pending = Vec::new();
+    for g in &config.gateways {
+        let d = dev(&g.interface)?;
+        match existing.gateways.get(&d.ifindex) {
+            Some(&id) if used.insert(id) => {
+                gateway_ids.insert(g.name.clone(), (id, d));
+            }
+            _ => pending.push((g, d)),
+        }
+    }
+    for (g, d) in pending {
+        let id = allocate(&used, limits::MAX_GATEWAYS, "gateways")?;
+        used.insert(id);
+        gateway_ids.insert(g.name.clone(), (id, d));
+    }
+
+    for c in &config.connections {
+        let (id, d) = connection_ids[&c.name];
+        plan.ports.insert(
+            d.ifindex,
+            Port {
+                role: port_role::CONNECTION,
+                id,
+                mac: d.mac,
+                _pad: [0; 2],
+            },
+        );
+        plan.connection_meta.push(NamedId {
+            id,
+            name: c.name.clone(),
+            interface: c.interface.clone(),
+        });
+    }
+    for g in &config.gateways {
+        let (id, d) = gateway_ids[&g.name];
+        plan.ports.insert(
+            d.ifindex,
+            Port {
+                role: port_role::VPC,
+                id,
+                mac: d.mac,
+                _pad: [0; 2],
+            },
+        );
+        plan.gateways.insert(
+            id,
+            Gateway {
+                vpc_ifindex: d.ifindex,
+                active: 1,
+            },
+        );
+        plan.gateway_meta.push(NamedId {
+            id,
+            name: g.name.clone(),
+            interface: g.interface.clone(),
+        });
+        for cidr in &g.vpc_cidrs {
+            plan.routes.insert(
+                route_key(id, cidr),
+                Route {
+                    kind: nexthop_kind::VPC,
+                    group: 0,
+                },
+            );
+        }
+    }
+
+    // Tunnels: id kept per (trunk port, VLAN).
+    let mut tunnel_ids = BTreeMap::new();
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut pending = Vec::new();
+    for t in &config.tunnels {
+        let (_, d) = lookup(&connection_ids, &t.connection, "connection")?;
+        match existing.tunnels.get(&(d.ifindex, t.vlan)) {
+            Some(&id) if used.insert(id) => {
+                tunnel_ids.insert(t.name.clone(), id);
+            }
+            _ => pending.push(t),
+        }
+    }
+    for t in pending {
+        let id = allocate(&used, limits::MAX_TUNNELS, "tunnels")?;
+        used.insert(id);
+        tunnel_ids.insert(t.name.clone(), id);
+    }
+
+    // prefix -> member tunnels, per gateway: the next-hop groups.
+    let mut members: BTreeMap<RouteEntryKey, Vec<u32>> = BTreeMap::new();
+    for t in &config.tunnels {
+        let id = tunnel_ids[&t.name];
+        let (connection_id, conn) = lookup(&connection_ids, &t.connection, "connection")?;
+        let (gateway_id, _) = lookup(&gateway_ids, &t.gateway, "gateway")?;
+        let tunnel = Tunnel {
+            id,
+            gateway_id,
+            connection_id,
+            connection_ifindex: conn.ifindex,
+            vlan: t.vlan,
+            local_prefix_len: t.local_ip.prefix_len(),
+            _pad: 0,
+            local_ip: t.local_ip.addr().octets(),
+            peer_ip: t.peer_ip.octets(),
+            flags: tunnel_flags::ACTIVE,
+            connection_mac: conn.mac,
+            _pad2: [0; 2],
+        };
+        plan.tunnel_by_vlan.insert((conn.ifindex, t.vlan), tunnel);
+        plan.tunnels.insert(id, tunnel);
+        plan.tunnel_meta.push(TunnelMeta {
+            id,
+            name: t.name.clone(),
+            gateway: t.gateway.clone(),
+            connection: t.connection.clone(),
+            vlan: t.vlan,
+            interface: config
+                .connection(&t.connection)
+                .map(|c| c.interface.clone())
+                .unwrap_or_default(),
+            local_ip: t.local_ip.to_string(),
+            peer_ip: t.peer_ip.to_string(),
+        });
+        for route in &t.routes {
+            members
+                .entry(route_key(gateway_id, route))
+                .or_default()
+                .push(id);
+        }
+    }
+
+    // Groups: one per distinct member set; ids kept per member set.
+    let mut sets: BTreeSet<Vec<u32>> = BTreeSet::new();
+    for m in members.values_mut() {
+        m.sort_unstable();
+        m.dedup();
+        if m.len() > limits::MAX_NEXTHOPS {
+            bail!(
+                "{} tunnels announce one prefix; a next-hop group holds at most {}",
+                m.len(),
+                limits::MAX_NEXTHOPS
+            );
+        }
+        sets.insert(m.clone());
+    }
+    let mut group_ids: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    for set in &sets {
+        if let Some(&id) = existing.groups.get(set) {
+            if used.insert(id) {
+                group_ids.insert(set.clone(), id);
+            }
+        }
+    }
+    for set in &sets {
+        if !group_ids.contains_key(set) {
+            let id = allocate(&used, limits::MAX_NEXTHOP_GROUPS, "next-hop groups")?;
+            used.insert(id);
+            group_ids.insert(set.clone(), id);
+        }
+    }
+    for (set, &id) in &group_ids {
+        let mut group = NexthopGroup {
+            count: set.len() as u32,
+            tunnels: [0; limits::MAX_NEXTHOPS],
+        };
+        group.tunnels[..set.len()].copy_from_slice(set);
+        plan.groups.insert(id, group);
+    }
+    for (key, m) in members {
+        plan.routes.insert(
+            key,
+            Route {
+                kind: nexthop_kind::TUNNELS,
+                group: group_ids[&m],
+            },
+        );
+    }
+    Ok(plan)
+}
+
+fn route_key(gateway_id: u32, net: &Ipv4Net) -> RouteEntryKey {
+    RouteEntryKey {
+        gateway_id,
+        addr: net.network().octets(),
+        prefix_len: net.prefix_len(),
+    }
+}
+
+fn lookup<'a>(
+    ids: &'a BTreeMap<String, (u32, NetDev)>,
+    name: &str,
+    what: &str,
+) -> Result<(u32, &'a NetDev)> {
+    ids.get(name)
+        .map(|(id, d)| (*id, d))
+        .ok_or_else(|| anyhow!("{what} {name} is not defined"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[node]
+name = "gw-1"
+
+[[connection]]
+name = "line-a"
+interface = "eth1"
+
+[[gateway]]
+name = "dcg-prod"
+vpc = "vpc-prod"
+vpc_cidrs = ["172.16.0.0/16"]
+interface = "eth2"
+
+[[gateway]]
+name = "dcg-test"
+vpc = "vpc-test"
+vpc_cidrs = ["172.17.0.0/16", "172.18.0.0/24"]
+interface = "eth3"
+
+[[tunnel]]
+name = "dct-a-100"
+connection = "line-a"
+vlan = 100
+gateway = "dcg-prod"
+local_ip = "169.254.100.1/30"
+peer_ip = "169.254.100.2"
+routes = ["10.0.0.0/16", "10.9.0.0/24"]
+
+[[tunnel]]
+name = "dct-a-101"
+connection = "line-a"
+vlan = 101
+gateway = "dcg-prod"
+local_ip = "169.254.101.1/30"
+peer_ip = "169.254.101.2"
+routes = ["10.0.0.0/16"]
+
+[[tunnel]]
+name = "dct-a-200"
+connection = "line-a"
+vlan = 200
+gateway = "dcg-test"
+local_ip = "169.254.200.1/30"
+peer_ip = "169.254.200.2"
+routes = ["10.0.0.0/16"]
+"#;
+
+    fn netdev(name: &str) -> Option<NetDev> {
+        let n: u32 = name.strip_prefix("eth")?.parse().ok()?;
+        Some(NetDev {
+            ifindex: 10 + n,
+            mac: [2, 0, 0, 0, 0, n as u8],
+        })
+    }
+
+    fn plan_of(text: &str, existing: &Existing) -> Plan {
+        let config = Config::parse(text, "t.toml").expect("valid config");
+        build(&config, &netdev, existing).expect("plan")
+    }
+
+    #[test]
+    fn example_maps_to_expected_contents() {
+        let plan = plan_of(EXAMPLE, &Existing::default());
+        assert_eq!(plan.ports.len(), 3);
+        assert_eq!(plan.ports[&11].role, port_role::CONNECTION);
+        assert_eq!(plan.ports[&12].role, port_role::VPC);
+        assert_eq!(plan.ports[&12].id, 0);
+        assert_eq!(plan.ports[&13].id, 1);
+        let t = plan.tunnel_by_vlan[&(11, 100)];
+        assert_eq!(t.id, 0);
+        assert_eq!(t.gateway_id, 0);
+        assert_eq!(t.local_ip, [169, 254, 100, 1]);
+        assert_eq!(t.peer_ip, [169, 254, 100, 2]);
+        assert_eq!(t.local_prefix_len, 30);
+        assert_eq!(t.connection_mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(plan.tunnels[&0], t);
+        assert_eq!(plan.gateways[&1].vpc_ifindex, 13);
+        // VPC routes
+        let vpc = plan.routes[&RouteEntryKey {
+            gateway_id: 1,
+            addr: [172, 18, 0, 0],
+            prefix_len: 24,
+        }];
+        assert_eq!(vpc.kind, nexthop_kind::VPC);
+        // 10.0.0.0/16 on dcg-prod is announced by two tunnels: one group.
+        let r = plan.routes[&RouteEntryKey {
+            gateway_id: 0,
+            addr: [10, 0, 0, 0],
+            prefix_len: 16,
+        }];
+        assert_eq!(r.kind, nexthop_kind::TUNNELS);
+        let g = plan.groups[&r.group];
+        assert_eq!(g.count, 2);
+        assert_eq!(&g.tunnels[..2], &[0, 1]);
+        // ... and by one tunnel on dcg-test: a different table, another group.
+        let r2 = plan.routes[&RouteEntryKey {
+            gateway_id: 1,
+            addr: [10, 0, 0, 0],
+            prefix_len: 16,
+        }];
+        assert_ne!(r.group, r2.group);
+        assert_eq!(plan.groups[&r2.group].tunnels[0], 2);
+        // 3 VPC cidrs + 3 tunnel routes
+        assert_eq!(plan.routes.len(), 6);
+        assert_eq!(plan.groups.len(), 3);
+        assert_eq!(plan.tunnel_meta[2].name, "dct-a-200");
+    }
+
+    #[test]
+    fn ids_are_kept_from_existing_state() {
+        let mut existing = Existing::default();
+        existing.tunnels.insert((11, 200), 7);
+        existing.gateways.insert(13, 4);
+        existing.connections.insert(11, 3);
+        existing.groups.insert(vec![0, 1], 9);
+        let plan = plan_of(EXAMPLE, &existing);
+        assert_eq!(plan.tunnel_by_vlan[&(11, 200)].id, 7);
+        assert_eq!(plan.tunnel_by_vlan[&(11, 200)].gateway_id, 4);
+        assert_eq!(plan.tunnel_by_vlan[&(11, 200)].connection_id, 3);
+        // New tunnels take the lowest free ids.
+        assert_eq!(plan.tunnel_by_vlan[&(11, 100)].id, 0);
+        assert_eq!(plan.tunnel_by_vlan[&(11, 101)].id, 1);
+        assert_eq!(plan.gateways[&4].vpc_ifindex, 13);
+        let r = plan.routes[&RouteEntryKey {
+            gateway_id: 0,
+            addr: [10, 0, 0, 0],
+            prefix_len: 16,
+        }];
+        assert_eq!(r.group, 9);
+    }
+
+    #[test]
+    fn missing_interface_is_an_error_not_a_panic() {
+        let config = Config::parse(EXAMPLE, "t.toml").expect("valid");
+        let err = build(&config, &|_| None, &Existing::default()).unwrap_err();
+        assert!(err.to_string().contains("eth"), "{err}");
+    }
+
+    #[test]
+    fn route_entry_key_round_trips_through_trie_form() {
+        let k = RouteEntryKey {
+            gateway_id: 258,
+            addr: [10, 1, 0, 0],
+            prefix_len: 16,
+        };
+        assert_eq!(k.trie_prefix_len(), 48);
+        assert_eq!(k.data().gateway, [0, 0, 1, 2]);
+        assert_eq!(RouteEntryKey::from_trie(48, k.data()), k);
+    }
+}
