@@ -58,6 +58,7 @@ pub mod limits {
     pub const MAX_ROUTES: u32 = 1_100_000;
     pub const MAX_NEXTHOP_GROUPS: u32 = 65_536;
     /// Members of one next-hop group (tunnels announcing one prefix).
+    /// Must be a power of two (the datapath masks the member index).
     pub const MAX_NEXTHOPS: usize = 8;
     /// 802.1Q VLAN ids usable for tunnels (0 and 4095 are reserved).
     pub const VLAN_MIN: u16 = 1;
@@ -237,3 +238,4 @@ mod pod {
     unsafe impl aya::Pod for NexthopGroup {}
     unsafe impl aya::Pod for Counters {}
 }
+const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());

@@ -1,9 +1,7 @@
 //! Leaving the gateway: TTL, 802.1Q tag pop/push, MAC rewrite, redirect.
 
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-    },
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
@@ -41,7 +39,9 @@ pub enum VpcNeighbour {
     },
     /// Route found but no neighbour entry yet (the kernel resolves it when
     /// it forwards the packet itself).
-    Missing { ifindex: u32 },
+    Missing {
+        ifindex: u32,
+    },
     Unreachable,
 }
 

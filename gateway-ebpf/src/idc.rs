@@ -26,8 +26,7 @@ pub fn from_connection(ctx: &XdpContext, ifindex: u32, port: &Port) -> u32 {
     let connection = Owner::Connection(port.id);
     let len = frame_len(ctx);
     counters::rx(connection, len);
-    let (Some(eth), Some(tag)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<VlanHdr>(ctx, ETH_LEN))
-    else {
+    let (Some(eth), Some(tag)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<VlanHdr>(ctx, ETH_LEN)) else {
         // Shorter than an Ethernet header plus a tag: nothing of ours.
         counters::fate(connection, Fate::Malformed);
         return DROP;

@@ -48,8 +48,7 @@ pub static CONNECTION_COUNTERS: PerCpuArray<Counters, { MAX_CONNECTIONS as usize
     PerCpuArray::new();
 
 #[btf_map]
-pub static GATEWAY_COUNTERS: PerCpuArray<Counters, { MAX_GATEWAYS as usize }> =
-    PerCpuArray::new();
+pub static GATEWAY_COUNTERS: PerCpuArray<Counters, { MAX_GATEWAYS as usize }> = PerCpuArray::new();
 
 /// Frames on ports the config does not know (slot 0 only).
 #[btf_map]

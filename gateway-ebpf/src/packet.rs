@@ -18,10 +18,25 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// `ctx->data` and `ctx->data_end`, read volatilely. With plain loads LLVM
+/// treats every read as the same value: it elides a bounds check that an
+/// earlier, larger one implies, then re-derives the pointer from a fresh
+/// load the verifier has never seen checked ("invalid access to packet").
+/// Volatile reads pin each pointer to the load its own check used.
+#[inline(always)]
+fn bounds(ctx: &XdpContext) -> (usize, usize) {
+    // SAFETY: ctx.ctx points at the kernel's xdp_md for this invocation.
+    unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    }
+}
+
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let (start, end) = bounds(ctx);
     if start + offset + size_of::<T>() > end {
         return None;
     }
@@ -30,7 +45,8 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
+    let (start, end) = bounds(ctx);
+    end - start
 }
 
 /// The IPv4 header of a frame, validated: version 4, IHL >= 5, the whole
@@ -59,7 +75,8 @@ pub fn ipv4(ctx: &XdpContext, l3: usize) -> Option<Ipv4> {
     }
     // Options (IHL > 5) are forwarded untouched; make sure they are present.
     let l4 = l3 + ihl_bytes;
-    if ctx.data() + l4 > ctx.data_end() {
+    let (start, end) = bounds(ctx);
+    if start + l4 > end {
         return None;
     }
     Some(Ipv4 { hdr, l4 })

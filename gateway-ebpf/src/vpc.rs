@@ -6,9 +6,7 @@
 //! and goes to the kernel.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
-use gateway_common::{
-    limits::MAX_NEXTHOPS, nexthop_kind, tunnel_flags, Fate, Port, RouteKey,
-};
+use gateway_common::{limits::MAX_NEXTHOPS, nexthop_kind, tunnel_flags, Fate, Port, RouteKey};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -63,7 +61,12 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
         return DROP;
     }
     // One flow, one tunnel: no reordering within a flow.
-    let member = (flow_hash(ctx, &ip) % count) as usize;
+    let member = flow_hash(ctx, &ip) % count;
+    // LLVM knows member < count <= MAX_NEXTHOPS and would drop any bounds
+    // check; the verifier does not know it. A volatile reload hides the
+    // range from LLVM so the mask (a no-op in fact) reaches the verifier.
+    // SAFETY: reading a local.
+    let member = unsafe { core::ptr::read_volatile(&member) } as usize & (MAX_NEXTHOPS - 1);
     let Some(&tunnel_id) = group.tunnels.get(member) else {
         counters::fate(gateway, Fate::NexthopInvalid);
         return DROP;

@@ -138,7 +138,9 @@ impl State {
             names::TUNNEL_COUNTERS,
             self.plan.tunnel_meta.iter().map(|t| t.id),
         )?;
-        let peers = self.dp.peer_macs(self.plan.tunnel_meta.iter().map(|t| t.id))?;
+        let peers = self
+            .dp
+            .peer_macs(self.plan.tunnel_meta.iter().map(|t| t.id))?;
         let tunnels = self
             .plan
             .tunnel_meta
@@ -376,10 +378,9 @@ async fn probe_peers(state: Arc<Mutex<State>>) {
         tick.tick().await;
         let frames: Vec<(u32, [u8; 46])> = {
             let s = lock(&state);
-            let known = s
-                .dp
-                .peer_macs(s.plan.tunnels.keys().copied())
-                .unwrap_or_default();
+            let known =
+                s.dp.peer_macs(s.plan.tunnels.keys().copied())
+                    .unwrap_or_default();
             s.plan
                 .tunnels
                 .values()

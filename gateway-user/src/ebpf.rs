@@ -1,7 +1,8 @@
 //! The eBPF objects, built by build.rs and embedded in the binary.
 
 /// The gateway's XDP program (entry point `gateway_common::XDP_PROGRAM`).
-pub static GATEWAY_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+pub static GATEWAY_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
 
 /// Fails with a clear message if the binary was built with AYA_BUILD_SKIP.
 pub fn gateway_object() -> anyhow::Result<&'static [u8]> {

@@ -11,7 +11,11 @@ use gateway_user::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "gatewayd", version, about = "XDP Direct Connect gateway: daemon and CLI")]
+#[command(
+    name = "gatewayd",
+    version,
+    about = "XDP Direct Connect gateway: daemon and CLI"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, global = true, default_value = "info", env = "GATEWAYD_LOG")]

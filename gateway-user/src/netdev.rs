@@ -14,9 +14,39 @@ pub fn lookup(name: &str) -> Option<NetDev> {
     if ifindex == 0 {
         return None;
     }
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
-    let mac = parse_mac(text.trim())?;
+    let mac = hw_address(name)?;
     Some(NetDev { ifindex, mac })
+}
+
+/// MAC through SIOCGIFHWADDR: answers for the calling thread's network
+/// namespace (sysfs shows the namespace of whoever mounted it).
+fn hw_address(name: &str) -> Option<[u8; 6]> {
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain syscalls on a socket we own and close; ifreq zeroed and
+    // the name copied with a terminating NUL.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+        let data = req.ifr_ifru.ifru_hwaddr.sa_data;
+        let mut mac = [0u8; 6];
+        for (m, d) in mac.iter_mut().zip(data.iter()) {
+            *m = *d as u8;
+        }
+        Some(mac)
+    }
 }
 
 pub fn exists(name: &str) -> bool {

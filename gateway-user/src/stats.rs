@@ -126,7 +126,13 @@ pub fn render_table(s: &Snapshot) -> String {
 fn align(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.len()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -169,7 +175,17 @@ mod tests {
         assert!(lines[1].contains("unknown_vlan=3"));
         let json: serde_json::Value = serde_json::to_value(&s).unwrap();
         let t = &json["tunnels"][0];
-        for key in ["name", "gateway", "connection", "vlan", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops"] {
+        for key in [
+            "name",
+            "gateway",
+            "connection",
+            "vlan",
+            "rx_packets",
+            "rx_bytes",
+            "tx_packets",
+            "tx_bytes",
+            "drops",
+        ] {
             assert!(t.get(key).is_some(), "missing {key}");
         }
         assert_eq!(t["drops"]["unknown_vlan"], 3);

@@ -14,7 +14,11 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Workspace tasks: setup, test, demo")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Workspace tasks: setup, test, demo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -26,7 +30,7 @@ enum Task {
     /// tools (bpftool, iproute2, ...), bpffs. Idempotent.
     Setup,
     /// Run setup, then fmt, clippy, build, unit tests and the kernel tiers
-    /// (root only). Arguments after `--` go to `cargo test -p tests`.
+    /// (root only). Arguments after `--` go to the kernel-tier test binaries.
     Test {
         /// Only setup and the unit tier (gateway-common, gateway-user): no
         /// lints, no kernel tiers, no root needed if setup has nothing to do.
@@ -108,4 +112,31 @@ fn demo(args: &[String]) -> ExitCode {
         .exec();
     eprintln!("demo: cannot exec {}: {err}", gatewayd.display());
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_after_double_dash_reach_the_kernel_tier() {
+        let cli =
+            Cli::try_parse_from(["xtask", "test", "--", "datapath::arp", "--nocapture"]).unwrap();
+        match cli.command {
+            Task::Test {
+                quick_unit,
+                test_args,
+            } => {
+                assert!(!quick_unit);
+                assert_eq!(test_args, ["datapath::arp", "--nocapture"]);
+            }
+            _ => panic!("parsed as another task"),
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -164,10 +164,17 @@ fn bpf_linker() -> Result<()> {
             return Ok(());
         }
         Some((path, Err(f))) => {
+            // The first stderr line (after the status line) says why, e.g.
+            // "error while loading shared libraries: libLLVM.so...".
+            let why = f
+                .detail
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty())
+                .unwrap_or("");
             eprintln!(
-                "bpf-linker at {} does not run ({}); rebuilding it",
-                path.display(),
-                f.detail.lines().next().unwrap_or("").trim_end_matches(':')
+                "bpf-linker at {} does not run ({why}); rebuilding it",
+                path.display()
             );
         }
         None => {}
