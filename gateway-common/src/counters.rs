@@ -60,10 +60,16 @@ pub enum Fate {
     /// (broadcast, multicast, another host's frame flooded on the VLAN):
     /// never routed.
     OtherHost = 19,
+    /// A non-first fragment of a port-mapped protocol/address: it carries no
+    /// ports, so it cannot be translated statelessly.
+    NatFragment = 20,
+    /// An ICMP error whose embedded packet is too short or malformed to be
+    /// translated along with the outer header.
+    NatIcmpMalformed = 21,
 }
 
 /// Number of fates; length of `Counters::fates`.
-pub const FATE_COUNT: usize = 20;
+pub const FATE_COUNT: usize = 22;
 
 /// How a fate is reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +101,8 @@ impl Fate {
         Fate::KernelLocal,
         Fate::KernelUnknownPort,
         Fate::OtherHost,
+        Fate::NatFragment,
+        Fate::NatIcmpMalformed,
     ];
 
     /// The name used in `gatewayd stats`, JSON and metrics labels.
@@ -120,6 +128,8 @@ impl Fate {
             Fate::KernelLocal => "local",
             Fate::KernelUnknownPort => "unknown_port",
             Fate::OtherHost => "other_host",
+            Fate::NatFragment => "nat_fragment",
+            Fate::NatIcmpMalformed => "nat_icmp_malformed",
         }
     }
 

@@ -26,6 +26,8 @@ pub mod map_names {
     pub const CONNECTION_COUNTERS: &str = "CONNECTION_COUNTERS";
     pub const GATEWAY_COUNTERS: &str = "GATEWAY_COUNTERS";
     pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
+    pub const IP_MAPPINGS: &str = "IP_MAPPINGS";
+    pub const PORT_MAPPINGS: &str = "PORT_MAPPINGS";
     /// Every map the daemon pins, in one list.
     pub const ALL: &[&str] = &[
         PORTS,
@@ -39,6 +41,8 @@ pub mod map_names {
         CONNECTION_COUNTERS,
         GATEWAY_COUNTERS,
         NODE_COUNTERS,
+        IP_MAPPINGS,
+        PORT_MAPPINGS,
     ];
 }
 
@@ -60,6 +64,10 @@ pub mod limits {
     /// Members of one next-hop group (tunnels announcing one prefix).
     /// Must be a power of two (the datapath masks the member index).
     pub const MAX_NEXTHOPS: usize = 8;
+    /// IP mappings in all four directions (each configured mapping takes two).
+    pub const MAX_IP_MAPPINGS: u32 = 250_000;
+    /// Port mappings, both directions (each configured mapping takes two).
+    pub const MAX_PORT_MAPPINGS: u32 = 250_000;
     /// 802.1Q VLAN ids usable for tunnels (0 and 4095 are reserved).
     pub const VLAN_MIN: u16 = 1;
     pub const VLAN_MAX: u16 = 4094;
@@ -216,6 +224,107 @@ pub struct NexthopGroup {
 }
 const _: () = assert!(core::mem::size_of::<NexthopGroup>() == 4 + 4 * limits::MAX_NEXTHOPS);
 
+/// Which translation an `IP_MAPPINGS` entry performs. The kind is the first
+/// byte of the key, so one LPM trie holds all four tables.
+pub mod mapping_kind {
+    /// IDC -> VPC source, per tunnel: a customer address -> how the VPC sees it
+    /// (`[[tunnel.peer_ip_mapping]]` original -> mapped).
+    pub const PEER_SRC: u8 = 1;
+    /// VPC -> IDC destination, per tunnel: mapped -> original.
+    pub const PEER_DST: u8 = 2;
+    /// IDC -> VPC destination, per gateway: how IDCs see a VPC address ->
+    /// the VPC address (`[[gateway.local_ip_mapping]]` mapped -> original).
+    pub const LOCAL_DST: u8 = 3;
+    /// VPC -> IDC source, per gateway: original -> mapped.
+    pub const LOCAL_SRC: u8 = 4;
+}
+
+/// Data part of the `IP_MAPPINGS` LPM trie key: the trie matches the first
+/// 32 bits (kind + owner id) in full, then the address prefix, so an entry's
+/// prefix length is `32 + mapping prefix`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingKey {
+    /// `mapping_kind::*`.
+    pub kind: u8,
+    /// Tunnel id (PEER_*) or gateway id (LOCAL_*), 24 bits big-endian.
+    pub owner: [u8; 3],
+    /// Address to translate (network order).
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<MappingKey>() == 8);
+
+impl MappingKey {
+    pub const SCOPE_BITS: u32 = 32;
+
+    pub const fn new(kind: u8, owner: u32, addr: [u8; 4]) -> Self {
+        let o = owner.to_be_bytes();
+        Self {
+            kind,
+            owner: [o[1], o[2], o[3]],
+            addr,
+        }
+    }
+}
+
+/// `IP_MAPPINGS` value: translated = `to | (addr & host_mask)` (prefixes
+/// map 1:1, host bits kept).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpMapping {
+    /// Network address of the target prefix (network order).
+    pub to: [u8; 4],
+    /// Host bits of the prefix (network order), e.g. 0.0.0.255 for a /24.
+    pub host_mask: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<IpMapping>() == 8);
+
+impl IpMapping {
+    /// The translation of `addr` (network order bytes).
+    pub const fn apply(&self, addr: [u8; 4]) -> [u8; 4] {
+        let a = u32::from_be_bytes(addr);
+        let to = u32::from_be_bytes(self.to);
+        let m = u32::from_be_bytes(self.host_mask);
+        ((to & !m) | (a & m)).to_be_bytes()
+    }
+}
+
+/// Which way a `PORT_MAPPINGS` entry translates.
+pub mod port_mapping_dir {
+    /// IDC -> VPC destination: mapped ip:port -> original (the VPC service).
+    pub const TO_VPC: u8 = 1;
+    /// VPC -> IDC source: original ip:port -> mapped.
+    pub const FROM_VPC: u8 = 2;
+}
+
+/// `PORT_MAPPINGS` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortMappingKey {
+    pub gateway_id: u32,
+    /// Address (network order).
+    pub addr: [u8; 4],
+    /// Port (network order).
+    pub port: [u8; 2],
+    /// IP protocol number: 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    /// `port_mapping_dir::*`.
+    pub dir: u8,
+}
+const _: () = assert!(core::mem::size_of::<PortMappingKey>() == 12);
+
+/// `PORT_MAPPINGS` value: the translated address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortMapping {
+    /// Address (network order).
+    pub addr: [u8; 4],
+    /// Port (network order).
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PortMapping>() == 8);
+
 /// 802.1Q constants used by both the datapath and the test frames.
 pub mod vlan {
     /// Tag protocol identifier of an 802.1Q tag.
@@ -237,5 +346,34 @@ mod pod {
     unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for NexthopGroup {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for MappingKey {}
+    unsafe impl aya::Pod for IpMapping {}
+    unsafe impl aya::Pod for PortMappingKey {}
+    unsafe impl aya::Pod for PortMapping {}
 }
 const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_mapping_keeps_host_bits() {
+        let m = IpMapping {
+            to: [100, 64, 1, 0],
+            host_mask: [0, 0, 0, 255],
+        };
+        assert_eq!(m.apply([10, 0, 0, 5]), [100, 64, 1, 5]);
+        let host = IpMapping {
+            to: [192, 168, 60, 1],
+            host_mask: [0; 4],
+        };
+        assert_eq!(host.apply([172, 16, 0, 10]), [192, 168, 60, 1]);
+    }
+
+    #[test]
+    fn mapping_key_scope_is_kind_then_owner() {
+        let k = MappingKey::new(mapping_kind::PEER_SRC, 0x0001_0203, [10, 0, 0, 0]);
+        assert_eq!((k.kind, k.owner), (1, [1, 2, 3]));
+    }
+}

@@ -64,6 +64,11 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Lab tooling: emulate a customer router's 802.1Q sub-interfaces on a
+    /// trunk veth (tc programs that tag by source MAC and untag on ingress),
+    /// for kernels without the 8021q module. Used by tests and the demo.
+    #[command(hide = true)]
+    LabVlan(gateway_user::lab::LabVlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +124,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 let snapshot: Snapshot = serde_json::from_value(value)?;
                 print!("{}", render_table(&snapshot));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::LabVlan(args) => {
+            gateway_user::lab::run_lab_vlan(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { config, node } => {

@@ -197,12 +197,12 @@ impl Fixture {
         (action, out)
     }
 
-    fn from_idc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run_idc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let i = self.conn.ifindex;
         self.run(frame, i)
     }
 
-    fn from_vpc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run_vpc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let i = self.vpc0.ifindex;
         self.run(frame, i)
     }
@@ -226,7 +226,7 @@ impl Fixture {
     /// ARP request would).
     fn learn_peer(&mut self) {
         let frame = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
-        let (action, _) = self.from_idc(&frame);
+        let (action, _) = self.run_idc(&frame);
         assert_eq!(action, XDP_TX);
     }
 }
@@ -301,7 +301,7 @@ fn idc_to_vpc_is_untagged_ttl_decremented_and_redirected_to_the_vpc_port() {
     let mut f = Fixture::new();
     let conn_mac = f.conn.mac;
     let frame = udp_tagged(100, conn_mac, IDC_HOST, VPC_HOST, 64);
-    let (action, out) = f.from_idc(&frame);
+    let (action, out) = f.run_idc(&frame);
     assert_eq!(action, XDP_REDIRECT);
     let expected = udp_untagged(f.vpc0.mac, VPC_HOST_MAC, IDC_HOST, VPC_HOST, 63);
     assert_eq!(out, expected, "output frame differs");
@@ -329,7 +329,7 @@ fn ip_options_are_forwarded_untouched() {
         .udp(1, 2)
         .write(&mut frame, b"opt")
         .unwrap();
-    let (action, out) = f.from_idc(&frame);
+    let (action, out) = f.run_idc(&frame);
     assert_eq!(action, XDP_REDIRECT);
     let mut ip_out = ip;
     ip_out.time_to_live = 63;
@@ -346,7 +346,7 @@ fn ip_options_are_forwarded_untouched() {
 fn second_tunnel_on_the_same_connection_reaches_the_other_gateway() {
     let mut f = Fixture::new();
     let frame = udp_tagged(200, f.conn.mac, IDC_HOST, [172, 17, 0, 10], 64);
-    let (action, out) = f.from_idc(&frame);
+    let (action, out) = f.run_idc(&frame);
     assert_eq!(action, XDP_REDIRECT);
     let expected = udp_untagged(
         f.vpc1.mac,
@@ -360,7 +360,7 @@ fn second_tunnel_on_the_same_connection_reaches_the_other_gateway() {
     assert_eq!(f.tunnel(0).rx_packets, 0);
     // VLAN 200's gateway has no route into dcg-prod's VPC.
     let frame = udp_tagged(200, f.conn.mac, IDC_HOST, VPC_HOST, 64);
-    assert_eq!(f.from_idc(&frame).0, XDP_DROP);
+    assert_eq!(f.run_idc(&frame).0, XDP_DROP);
     assert_eq!(f.tunnel(1).fate(Fate::NoRoute), 1);
 }
 
@@ -369,7 +369,7 @@ fn unresolved_vpc_neighbour_goes_to_the_kernel_untagged() {
     let mut f = Fixture::new();
     let dst = [172, 16, 0, 99]; // connected, but no neighbour entry
     let frame = udp_tagged(100, f.conn.mac, IDC_HOST, dst, 64);
-    let (action, out) = f.from_idc(&frame);
+    let (action, out) = f.run_idc(&frame);
     assert_eq!(action, XDP_PASS);
     // Tag removed, TTL left for the kernel to decrement when it forwards.
     let expected = udp_untagged(PEER_MAC, f.conn.mac, IDC_HOST, dst, 64);
@@ -382,18 +382,18 @@ fn ttl_expiry_no_route_and_other_hosts_are_counted_drops() {
     let mut f = Fixture::new();
     let m = f.conn.mac;
     for ttl in [0, 1] {
-        let (a, _) = f.from_idc(&udp_tagged(100, m, IDC_HOST, VPC_HOST, ttl));
+        let (a, _) = f.run_idc(&udp_tagged(100, m, IDC_HOST, VPC_HOST, ttl));
         assert_eq!(a, XDP_DROP, "ttl {ttl}");
     }
     assert_eq!(f.tunnel(0).fate(Fate::TtlExceeded), 2);
-    let (a, _) = f.from_idc(&udp_tagged(100, m, IDC_HOST, [8, 8, 8, 8], 64));
+    let (a, _) = f.run_idc(&udp_tagged(100, m, IDC_HOST, [8, 8, 8, 8], 64));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::NoRoute), 1);
     // IDC-to-IDC transit through the gateway is not carried.
-    let (a, _) = f.from_idc(&udp_tagged(100, m, IDC_HOST, [10, 0, 9, 9], 64));
+    let (a, _) = f.run_idc(&udp_tagged(100, m, IDC_HOST, [10, 0, 9, 9], 64));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::NoRoute), 2);
-    let (a, _) = f.from_idc(&udp_tagged(100, [0xff; 6], IDC_HOST, VPC_HOST, 64));
+    let (a, _) = f.run_idc(&udp_tagged(100, [0xff; 6], IDC_HOST, VPC_HOST, 64));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::OtherHost), 1);
 }
@@ -402,10 +402,10 @@ fn ttl_expiry_no_route_and_other_hosts_are_counted_drops() {
 fn unknown_vlan_untagged_and_non_ipv4_are_counted_drops() {
     let mut f = Fixture::new();
     let m = f.conn.mac;
-    let (a, _) = f.from_idc(&udp_tagged(999, m, IDC_HOST, VPC_HOST, 64));
+    let (a, _) = f.run_idc(&udp_tagged(999, m, IDC_HOST, VPC_HOST, 64));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.connection().fate(Fate::UnknownVlan), 1);
-    let (a, _) = f.from_idc(&udp_untagged(PEER_MAC, m, IDC_HOST, VPC_HOST, 64));
+    let (a, _) = f.run_idc(&udp_untagged(PEER_MAC, m, IDC_HOST, VPC_HOST, 64));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.connection().fate(Fate::Untagged), 1);
     let mut v6 = Vec::new();
@@ -414,7 +414,7 @@ fn unknown_vlan_untagged_and_non_ipv4_are_counted_drops() {
         .udp(1, 2)
         .write(&mut v6, b"x")
         .unwrap();
-    let (a, _) = f.from_idc(&v6);
+    let (a, _) = f.run_idc(&v6);
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::NonIpv4), 1);
     assert_eq!(f.connection().rx_packets, 3);
@@ -430,7 +430,7 @@ fn truncated_and_malformed_frames_land_on_counted_verdicts() {
     assert!(f.dp.test_run(&good[..13], conn).is_err());
     // Ethernet without its tag, a short tag, a short IPv4 header.
     for len in [14usize, 16, 17, 20, 37] {
-        let (a, _) = f.from_idc(&good[..len]);
+        let (a, _) = f.run_idc(&good[..len]);
         assert_eq!(a, XDP_DROP, "truncated to {len}");
     }
     // bad IHL (4 = 16 bytes), version 6 in an IPv4 EtherType, total length
@@ -438,7 +438,7 @@ fn truncated_and_malformed_frames_land_on_counted_verdicts() {
     let mutate = |f: &mut Fixture, at: usize, val: u8| {
         let mut m = good.clone();
         m[at] = val;
-        f.from_idc(&m)
+        f.run_idc(&m)
     };
     assert_eq!(mutate(&mut f, 18, 0x44).0, XDP_DROP);
     assert_eq!(mutate(&mut f, 18, 0x65).0, XDP_DROP);
@@ -455,7 +455,7 @@ fn truncated_and_malformed_frames_land_on_counted_verdicts() {
 fn arp_request_for_the_local_ip_is_answered_tagged_and_teaches_the_peer_mac() {
     let mut f = Fixture::new();
     let req = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
-    let (action, out) = f.from_idc(&req);
+    let (action, out) = f.run_idc(&req);
     assert_eq!(action, XDP_TX);
     let mut expected = Vec::new();
     tagged(f.conn.mac, PEER_MAC, 100)
@@ -478,7 +478,7 @@ fn arp_request_for_the_local_ip_is_answered_tagged_and_teaches_the_peer_mac() {
     let peers = f.dp.peer_macs(std::iter::once(0)).unwrap();
     assert_eq!(peers.get(&0), Some(&PEER_MAC));
     // ARP for another address: not answered, counted.
-    let (a, _) = f.from_idc(&arp_request(100, PEER_MAC, PEER_IP, [169, 254, 100, 3]));
+    let (a, _) = f.run_idc(&arp_request(100, PEER_MAC, PEER_IP, [169, 254, 100, 3]));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::ArpNotForUs), 1);
 }
@@ -500,7 +500,7 @@ fn arp_reply_to_a_probe_is_consumed_and_learned() {
         )
         .write(&mut reply)
         .unwrap();
-    assert_eq!(f.from_idc(&reply).0, XDP_DROP);
+    assert_eq!(f.run_idc(&reply).0, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::ArpLearned), 1);
     assert_eq!(f.dp.peer_macs(std::iter::once(0)).unwrap()[&0], PEER_MAC);
 }
@@ -514,7 +514,7 @@ fn icmp_echo_to_the_local_ip_is_answered() {
         .icmpv4_echo_request(0x1234, 7)
         .write(&mut req, b"ping payload 0123456789")
         .unwrap();
-    let (action, out) = f.from_idc(&req);
+    let (action, out) = f.run_idc(&req);
     assert_eq!(action, XDP_TX);
     // The reply keeps the request's IP id; etherparse's builder uses id 0,
     // as does the request, so a plain build is the exact expectation.
@@ -527,7 +527,7 @@ fn icmp_echo_to_the_local_ip_is_answered() {
     assert_eq!(out, expected);
     assert_eq!(f.tunnel(0).fate(Fate::IcmpEchoReplied), 1);
     // UDP to the local address is not served.
-    let (a, _) = f.from_idc(&udp_tagged(100, f.conn.mac, PEER_IP, LOCAL_IP, 64));
+    let (a, _) = f.run_idc(&udp_tagged(100, f.conn.mac, PEER_IP, LOCAL_IP, 64));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::LocalUnsupported), 1);
 }
@@ -539,7 +539,7 @@ fn vpc_to_idc_is_tagged_ttl_decremented_and_redirected_to_the_connection() {
     let mut f = Fixture::new();
     f.learn_peer();
     let frame = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, IDC_HOST, 64);
-    let (action, out) = f.from_vpc(&frame);
+    let (action, out) = f.run_vpc(&frame);
     assert_eq!(action, XDP_REDIRECT);
     let mut expected = Vec::new();
     tagged(f.conn.mac, PEER_MAC, 100)
@@ -557,10 +557,10 @@ fn vpc_to_idc_is_tagged_ttl_decremented_and_redirected_to_the_connection() {
 fn vpc_to_idc_without_a_learned_peer_mac_is_a_counted_drop() {
     let mut f = Fixture::new();
     let frame = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, IDC_HOST, 64);
-    assert_eq!(f.from_vpc(&frame).0, XDP_DROP);
+    assert_eq!(f.run_vpc(&frame).0, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::PeerMacUnknown), 1);
     let frame = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, IDC_HOST, 1);
-    assert_eq!(f.from_vpc(&frame).0, XDP_DROP);
+    assert_eq!(f.run_vpc(&frame).0, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::TtlExceeded), 1);
 }
 
@@ -582,13 +582,13 @@ fn vpc_traffic_for_the_node_goes_to_the_kernel() {
         )
         .write(&mut arp)
         .unwrap();
-    let (a, out) = f.from_vpc(&arp);
+    let (a, out) = f.run_vpc(&arp);
     assert_eq!((a, out), (XDP_PASS, arp));
     // IPv4 to the node's own VPC address, and to an unrouted destination
     let own = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, [172, 16, 0, 1], 64);
-    assert_eq!(f.from_vpc(&own).0, XDP_PASS);
+    assert_eq!(f.run_vpc(&own).0, XDP_PASS);
     let other = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, [8, 8, 8, 8], 64);
-    assert_eq!(f.from_vpc(&other).0, XDP_PASS);
+    assert_eq!(f.run_vpc(&other).0, XDP_PASS);
     let g = f.gateway(0);
     assert_eq!(g.fate(Fate::KernelNonIpv4), 1);
     assert_eq!(g.fate(Fate::KernelLocal), 2);

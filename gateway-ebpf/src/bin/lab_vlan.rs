@@ -21,7 +21,6 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_PIPE, TC_ACT_SHOT},
     btf_maps::HashMap,
     helpers::{bpf_skb_change_head, bpf_skb_vlan_pop},
     macros::{btf_map, classifier},
@@ -33,6 +32,11 @@ use aya_ebpf::{
 #[btf_map]
 pub static LAB_VLAN_BY_MAC: HashMap<[u8; 8], u32, 64> = HashMap::new();
 
+/// tc actions (linux/pkt_cls.h). PIPE: go on to the next filter, if any,
+/// else on through the stack. SHOT: drop.
+const TC_ACT_PIPE: i32 = 3;
+const TC_ACT_SHOT: i32 = 2;
+
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_HLEN: u32 = 4;
@@ -43,7 +47,7 @@ const VID_MASK: u32 = 0x0fff;
 pub fn lab_vlan_egress(ctx: TcContext) -> i32 {
     match push_tag(&ctx) {
         Ok(action) => action,
-        Err(()) => TC_ACT_SHOT as i32,
+        Err(()) => TC_ACT_SHOT,
     }
 }
 
@@ -57,7 +61,7 @@ pub fn lab_vlan_ingress(ctx: TcContext) -> i32 {
 /// was due but could not be inserted: the frame must not leave untagged.
 #[inline(always)]
 fn push_tag(ctx: &TcContext) -> Result<i32, ()> {
-    let pass = Ok(TC_ACT_PIPE as i32);
+    let pass = Ok(TC_ACT_PIPE);
     // SAFETY: `skb` is the program's context; the verifier rewrites this
     // read of `__sk_buff::vlan_present` into a read of the real skb.
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
@@ -81,8 +85,9 @@ fn push_tag(ctx: &TcContext) -> Result<i32, ()> {
     let tci = (vid & VID_MASK) as u16;
 
     // Not bpf_skb_vlan_push: that only sets the skb's out-of-band
-    // (hw-accel) tag, which a veth hands to its peer out of band, where
-    // the peer's XDP program never sees it. Not bpf_skb_adjust_room
+    // (hw-accel) tag, skb->vlan_tci, which a veth hands to its peer out of
+    // band too, not in the packet data the peer's XDP program reads.
+    // Not bpf_skb_adjust_room
     // either: it refuses any skb->protocol but IPv4/IPv6 (ARP would leave
     // untagged), and for BPF_ADJ_ROOM_MAC it points the network header at
     // the inserted bytes, which breaks software GSO of TCP (the segmenter
@@ -105,7 +110,7 @@ fn push_tag(ctx: &TcContext) -> Result<i32, ()> {
 
 #[inline(always)]
 fn pop_tag(ctx: &TcContext) -> i32 {
-    let pass = TC_ACT_PIPE as i32;
+    let pass = TC_ACT_PIPE;
     let skb = ctx.skb.skb;
     // SAFETY: context field reads, rewritten by the verifier.
     let (present, tci) = unsafe { ((*skb).vlan_present, (*skb).vlan_tci) };
@@ -128,7 +133,7 @@ fn pop_tag(ctx: &TcContext) -> i32 {
             // SAFETY: the value is copied out at once.
             if let Some(want) = (unsafe { LAB_VLAN_BY_MAC.get(key) }).copied() {
                 if want & VID_MASK != vid {
-                    return TC_ACT_SHOT as i32;
+                    return TC_ACT_SHOT;
                 }
             }
         }
@@ -136,7 +141,7 @@ fn pop_tag(ctx: &TcContext) -> i32 {
 
     // SAFETY: plain helper call on the program's own context.
     if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     pass
 }
