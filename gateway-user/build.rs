@@ -13,6 +13,14 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .context("gateway-ebpf path is not UTF-8")?
         .to_owned();
+    // aya-build watches the eBPF crate's folder; the map types it shares
+    // with us live in gateway-common, whose changes must rebuild it too (or
+    // the embedded object and this crate disagree on value sizes).
+    let common = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("gateway-user has no parent directory"))?
+        .join("gateway-common");
+    println!("cargo:rerun-if-changed={}", common.display());
     let built = aya_build::build_ebpf(
         [aya_build::Package {
             name: "gateway-ebpf",

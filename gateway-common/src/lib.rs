@@ -91,9 +91,19 @@ pub struct Port {
     pub id: u32,
     /// The interface's own MAC: source of every frame we send on it.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `port_flags::*`.
+    pub flags: u16,
 }
 const _: () = assert!(core::mem::size_of::<Port>() == 16);
+
+pub mod port_flags {
+    /// Send frames answered on this port (ARP, ICMP echo) with
+    /// `bpf_redirect` to the port itself instead of XDP_TX. veth needs it:
+    /// XDP_TX frames are queued to the peer, but the peer's NAPI is only
+    /// kicked when the peer has an XDP program of its own, so without one
+    /// the replies wait until unrelated traffic flushes them.
+    pub const TX_VIA_REDIRECT: u16 = 1;
+}
 
 /// `TUNNEL_BY_VLAN` key: (connection port, VLAN) selects a tunnel.
 #[repr(C)]

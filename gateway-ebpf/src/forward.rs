@@ -127,6 +127,18 @@ pub fn push_vlan(ctx: &XdpContext, vlan: u16, dmac: [u8; 6], smac: [u8; 6]) -> b
     true
 }
 
+/// Sends a frame answered by the datapath back out of the port it came in
+/// on: XDP_TX, or a redirect to the port itself where XDP_TX is unreliable
+/// (veth, see `port_flags::TX_VIA_REDIRECT`).
+#[inline(always)]
+pub fn send_back(ifindex: u32, port: &gateway_common::Port) -> u32 {
+    if port.flags & gateway_common::port_flags::TX_VIA_REDIRECT != 0 {
+        redirect(ifindex)
+    } else {
+        TX
+    }
+}
+
 #[inline(always)]
 pub fn redirect(ifindex: u32) -> u32 {
     // SAFETY: helper without memory arguments.

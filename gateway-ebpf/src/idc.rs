@@ -50,8 +50,8 @@ pub fn from_connection(ctx: &XdpContext, ifindex: u32, port: &Port) -> u32 {
     let owner = Owner::Tunnel(tunnel.id);
     counters::rx(owner, len);
     match u16::from_be(tag.ether_type) {
-        ETH_P_ARP => local::arp(ctx, &tunnel),
-        ETH_P_IPV4 => ipv4(ctx, ifindex, &tunnel, eth.src_addr, eth.dst_addr),
+        ETH_P_ARP => local::arp(ctx, ifindex, port, &tunnel),
+        ETH_P_IPV4 => ipv4(ctx, ifindex, port, &tunnel, eth.src_addr, eth.dst_addr),
         _ => {
             counters::fate(owner, Fate::NonIpv4);
             DROP
@@ -63,6 +63,7 @@ pub fn from_connection(ctx: &XdpContext, ifindex: u32, port: &Port) -> u32 {
 fn ipv4(
     ctx: &XdpContext,
     ifindex: u32,
+    port: &Port,
     tunnel: &Tunnel,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -78,7 +79,7 @@ fn ipv4(
     }
     local::learn_peer(ctx, tunnel, src_mac);
     if ip.dst() == tunnel.local_ip {
-        return local::to_local(ctx, tunnel, &ip);
+        return local::to_local(ctx, ifindex, port, tunnel, &ip);
     }
     let key = Key::new(
         RouteKey::GATEWAY_BITS + 32,

@@ -5,13 +5,13 @@
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::info;
-use gateway_common::{Fate, PeerNeigh, Tunnel};
+use gateway_common::{Fate, PeerNeigh, Port, Tunnel};
 use network_types::{arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr};
 
 use crate::{
     counters::{self, Owner},
     csum,
-    forward::{DROP, TX},
+    forward::{self, DROP},
     maps::PEER_NEIGH,
     packet::{frame_len, ptr_at, Ipv4, IPPROTO_ICMP, VLAN_ETH_LEN},
 };
@@ -45,7 +45,7 @@ pub fn learn_peer(ctx: &XdpContext, tunnel: &Tunnel, mac: [u8; 6]) {
 
 /// ARP on a tunnel (frame is tagged, ARP header at offset 18).
 #[inline(always)]
-pub fn arp(ctx: &XdpContext, tunnel: &Tunnel) -> u32 {
+pub fn arp(ctx: &XdpContext, ifindex: u32, port: &Port, tunnel: &Tunnel) -> u32 {
     let owner = Owner::Tunnel(tunnel.id);
     let (Some(eth), Some(arp)) = (
         ptr_at::<EthHdr>(ctx, 0),
@@ -78,7 +78,7 @@ pub fn arp(ctx: &XdpContext, tunnel: &Tunnel) -> u32 {
         eth.src_addr = tunnel.connection_mac;
         counters::fate(owner, Fate::ArpReplied);
         counters::tx(owner, frame_len(ctx));
-        return TX;
+        return forward::send_back(ifindex, port);
     }
     if op == ARP_REPLY && from_peer && tpa == tunnel.local_ip {
         counters::fate(owner, Fate::ArpLearned);
@@ -91,7 +91,7 @@ pub fn arp(ctx: &XdpContext, tunnel: &Tunnel) -> u32 {
 /// IPv4 addressed to the tunnel's own address: ICMP echo is answered,
 /// everything else dropped and counted.
 #[inline(always)]
-pub fn to_local(ctx: &XdpContext, tunnel: &Tunnel, ip: &Ipv4) -> u32 {
+pub fn to_local(ctx: &XdpContext, ifindex: u32, port: &Port, tunnel: &Tunnel, ip: &Ipv4) -> u32 {
     let owner = Owner::Tunnel(tunnel.id);
     if ip.proto() != IPPROTO_ICMP {
         counters::fate(owner, Fate::LocalUnsupported);
@@ -131,5 +131,5 @@ pub fn to_local(ctx: &XdpContext, tunnel: &Tunnel, ip: &Ipv4) -> u32 {
     eth.src_addr = tunnel.connection_mac;
     counters::fate(owner, Fate::IcmpEchoReplied);
     counters::tx(owner, frame_len(ctx));
-    TX
+    forward::send_back(ifindex, port)
 }

@@ -19,9 +19,9 @@
 //! Every error reads `FILE:LINE: <what> "<offending value>": <rule>`, one per
 //! line, sorted by line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -71,6 +71,15 @@ pub struct Gateway {
     pub vpc_cidrs: Vec<Ipv4Net>,
     /// The port (untagged) towards the VPC.
     pub interface: String,
+    /// `[[gateway.local_ip_mapping]]`: how IDCs see this gateway's VPC
+    /// addresses. Originals lie inside `vpc_cidrs` and do not overlap each
+    /// other; mapped ranges are unique within the gateway (see
+    /// [`Tunnel::peer_ip_mappings`]).
+    pub local_ip_mappings: Vec<IpMappingCfg>,
+    /// `[[gateway.local_port_mapping]]`: VPC services as IDCs see them.
+    /// Unique per (protocol, mapped address) and per (protocol, original
+    /// address); originals lie inside `vpc_cidrs`.
+    pub local_port_mappings: Vec<PortMappingCfg>,
     /// Line of the `[[gateway]]` header.
     pub line: usize,
     /// Line of the `interface = ...` value (used by [`Config::check_interfaces`]).
@@ -93,9 +102,71 @@ pub struct Tunnel {
     /// The customer's router; a usable address of `local_ip`'s subnet.
     pub peer_ip: Ipv4Addr,
     /// Customer prefixes reached over this tunnel (canonical; none lies in,
-    /// or contains, the gateway's VPC CIDRs).
+    /// or contains, the gateway's VPC CIDRs, nor equals a mapped prefix of a
+    /// peer mapping on the same gateway).
     pub routes: Vec<Ipv4Net>,
+    /// `[[tunnel.peer_ip_mapping]]`: how the VPC sees this tunnel's IDC
+    /// addresses. Originals do not overlap within the tunnel (two tunnels may
+    /// map the same original). Mapped ranges are unique within the gateway:
+    /// they overlap neither the VPC CIDRs nor any other mapped range or
+    /// port-mapped address of the gateway (its tunnels' peer mappings, its
+    /// local IP and port mappings).
+    pub peer_ip_mappings: Vec<IpMappingCfg>,
     /// Line of the `[[tunnel]]` header.
+    pub line: usize,
+}
+
+/// A stateless 1:1 address translation: a host (`/32`) or a whole prefix,
+/// host bits kept. `original` and `mapped` are canonical and have the same
+/// prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpMappingCfg {
+    pub original: Ipv4Net,
+    pub mapped: Ipv4Net,
+    /// Line of the mapping's table header (or inline table).
+    pub line: usize,
+}
+
+/// Transport protocol of a port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number (IANA): 6 for TCP, 17 for UDP.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    /// The name as written in the config.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A stateless IP:port <-> IP:port translation of a VPC service
+/// (`original`, inside the gateway's VPC CIDRs) to the address IDCs use
+/// (`mapped`). Ports are never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMappingCfg {
+    pub protocol: Protocol,
+    pub original: SocketAddrV4,
+    pub mapped: SocketAddrV4,
+    /// Line of the mapping's table header (or inline table).
     pub line: usize,
 }
 
@@ -391,6 +462,10 @@ mod raw {
         pub vpc: Spanned<String>,
         pub vpc_cidrs: Vec<Spanned<String>>,
         pub interface: Spanned<String>,
+        #[serde(default)]
+        pub local_ip_mapping: Vec<Spanned<IpMapping>>,
+        #[serde(default)]
+        pub local_port_mapping: Vec<Spanned<PortMapping>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -405,6 +480,23 @@ mod raw {
         pub peer_ip: Spanned<String>,
         #[serde(default)]
         pub routes: Vec<Spanned<String>>,
+        #[serde(default)]
+        pub peer_ip_mapping: Vec<Spanned<IpMapping>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct IpMapping {
+        pub original: Spanned<String>,
+        pub mapped: Spanned<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PortMapping {
+        pub protocol: Spanned<String>,
+        pub original: Spanned<String>,
+        pub mapped: Spanned<String>,
     }
 }
 
@@ -447,6 +539,8 @@ struct LocatedGateway {
     /// `None`: did not parse (already reported).
     vpc_cidrs: Vec<At<Option<Ipv4Net>>>,
     interface: At<String>,
+    local_ip_mappings: Vec<LocatedIpMapping>,
+    local_port_mappings: Vec<LocatedPortMapping>,
 }
 
 #[derive(Debug)]
@@ -460,6 +554,24 @@ struct LocatedTunnel {
     local_ip: At<Option<Ipv4Net>>,
     peer_ip: At<Option<Ipv4Addr>>,
     routes: Vec<At<Option<Ipv4Net>>>,
+    peer_ip_mappings: Vec<LocatedIpMapping>,
+}
+
+#[derive(Debug)]
+struct LocatedIpMapping {
+    line: usize,
+    /// `None`: did not parse (already reported).
+    original: At<Option<Ipv4Net>>,
+    mapped: At<Option<Ipv4Net>>,
+}
+
+#[derive(Debug)]
+struct LocatedPortMapping {
+    line: usize,
+    /// `None`: did not parse (already reported).
+    protocol: At<Option<Protocol>>,
+    original: At<Option<SocketAddrV4>>,
+    mapped: At<Option<SocketAddrV4>>,
 }
 
 /// Stage 2: parses the raw strings, reporting values that do not parse.
@@ -498,12 +610,66 @@ fn locate(raw: raw::Config, lines: &LineIndex, errors: &mut Errors) -> LocatedCo
                 .into_iter()
                 .map(|s| parse_at(at(s), "gateway vpc_cidrs", parse_prefix, errors))
                 .collect();
+            let local_ip_mappings = g
+                .local_ip_mapping
+                .into_iter()
+                .map(|m| {
+                    let line = lines.line(m.span().start);
+                    let m = m.into_inner();
+                    LocatedIpMapping {
+                        line,
+                        original: parse_at(
+                            at(m.original),
+                            "gateway local_ip_mapping original",
+                            parse_mapping_prefix,
+                            errors,
+                        ),
+                        mapped: parse_at(
+                            at(m.mapped),
+                            "gateway local_ip_mapping mapped",
+                            parse_mapping_prefix,
+                            errors,
+                        ),
+                    }
+                })
+                .collect();
+            let local_port_mappings = g
+                .local_port_mapping
+                .into_iter()
+                .map(|m| {
+                    let line = lines.line(m.span().start);
+                    let m = m.into_inner();
+                    LocatedPortMapping {
+                        line,
+                        protocol: parse_at(
+                            at(m.protocol),
+                            "gateway local_port_mapping protocol",
+                            parse_protocol,
+                            errors,
+                        ),
+                        original: parse_at(
+                            at(m.original),
+                            "gateway local_port_mapping original",
+                            parse_service_address,
+                            errors,
+                        ),
+                        mapped: parse_at(
+                            at(m.mapped),
+                            "gateway local_port_mapping mapped",
+                            parse_service_address,
+                            errors,
+                        ),
+                    }
+                })
+                .collect();
             LocatedGateway {
                 line,
                 name: at(g.name),
                 vpc: at(g.vpc),
                 vpc_cidrs,
                 interface: at(g.interface),
+                local_ip_mappings,
+                local_port_mappings,
             }
         })
         .collect();
@@ -518,6 +684,29 @@ fn locate(raw: raw::Config, lines: &LineIndex, errors: &mut Errors) -> LocatedCo
                 .routes
                 .into_iter()
                 .map(|s| parse_at(at(s), "tunnel routes", parse_prefix, errors))
+                .collect();
+            let peer_ip_mappings = t
+                .peer_ip_mapping
+                .into_iter()
+                .map(|m| {
+                    let line = lines.line(m.span().start);
+                    let m = m.into_inner();
+                    LocatedIpMapping {
+                        line,
+                        original: parse_at(
+                            at(m.original),
+                            "tunnel peer_ip_mapping original",
+                            parse_mapping_prefix,
+                            errors,
+                        ),
+                        mapped: parse_at(
+                            at(m.mapped),
+                            "tunnel peer_ip_mapping mapped",
+                            parse_mapping_prefix,
+                            errors,
+                        ),
+                    }
+                })
                 .collect();
             LocatedTunnel {
                 line,
@@ -536,6 +725,7 @@ fn locate(raw: raw::Config, lines: &LineIndex, errors: &mut Errors) -> LocatedCo
                 ),
                 peer_ip: parse_at(at(t.peer_ip), "tunnel peer_ip", parse_address, errors),
                 routes,
+                peer_ip_mappings,
             }
         })
         .collect();
@@ -625,6 +815,50 @@ fn parse_address(s: &str) -> Result<Ipv4Addr, String> {
     }
 }
 
+/// One side of an IP mapping: a host (`10.0.0.5`, read as `/32`) or a
+/// canonical prefix (`10.0.0.0/24`).
+fn parse_mapping_prefix(s: &str) -> Result<Ipv4Net, String> {
+    match s.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Ok(Ipv4Net::from(a)),
+        Ok(IpAddr::V6(_)) => Err("IPv6 is not supported yet; use an IPv4 address or prefix".into()),
+        Err(_) => parse_prefix(s).map_err(|why| {
+            if why.starts_with("not an IPv4 prefix") {
+                "not an IPv4 address or prefix (a.b.c.d or a.b.c.d/len, len 0..=32)".into()
+            } else {
+                why
+            }
+        }),
+    }
+}
+
+/// `tcp` or `udp`.
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err("unsupported protocol; port mappings are \"tcp\" or \"udp\"".into()),
+    }
+}
+
+/// An IPv4 address and a port 1..=65535 (`172.16.0.10:80`).
+fn parse_service_address(s: &str) -> Result<SocketAddrV4, String> {
+    let s = s.trim();
+    match s.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) if a.port() == 0 => {
+            Err("port 0 is not a usable port; ports are 1..=65535".into())
+        }
+        Ok(SocketAddr::V4(a)) => Ok(a),
+        Ok(SocketAddr::V6(_)) => {
+            Err("IPv6 is not supported yet; use an IPv4 address and port".into())
+        }
+        Err(_) => Err(match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => format!("missing port; write address:port, e.g. \"{a}:80\""),
+            Ok(IpAddr::V6(_)) => "IPv6 is not supported yet; use an IPv4 address and port".into(),
+            Err(_) => "not an IPv4 address and port (a.b.c.d:port, port 1..=65535)".into(),
+        }),
+    }
+}
+
 impl LocatedConfig {
     /// Stage 3b: the public model. `None` only if a value failed to parse,
     /// which has been reported already.
@@ -655,6 +889,16 @@ impl LocatedConfig {
                         .map(|c| c.value)
                         .collect::<Option<_>>()?,
                     interface: g.interface.value,
+                    local_ip_mappings: g
+                        .local_ip_mappings
+                        .into_iter()
+                        .map(LocatedIpMapping::into_model)
+                        .collect::<Option<_>>()?,
+                    local_port_mappings: g
+                        .local_port_mappings
+                        .into_iter()
+                        .map(LocatedPortMapping::into_model)
+                        .collect::<Option<_>>()?,
                     line: g.line,
                     interface_line: g.interface.line,
                 })
@@ -676,6 +920,11 @@ impl LocatedConfig {
                         .into_iter()
                         .map(|r| r.value)
                         .collect::<Option<_>>()?,
+                    peer_ip_mappings: t
+                        .peer_ip_mappings
+                        .into_iter()
+                        .map(LocatedIpMapping::into_model)
+                        .collect::<Option<_>>()?,
                     line: t.line,
                 })
             })
@@ -686,6 +935,27 @@ impl LocatedConfig {
             connections,
             gateways,
             tunnels,
+        })
+    }
+}
+
+impl LocatedIpMapping {
+    fn into_model(self) -> Option<IpMappingCfg> {
+        Some(IpMappingCfg {
+            original: self.original.value?,
+            mapped: self.mapped.value?,
+            line: self.line,
+        })
+    }
+}
+
+impl LocatedPortMapping {
+    fn into_model(self) -> Option<PortMappingCfg> {
+        Some(PortMappingCfg {
+            protocol: self.protocol.value?,
+            original: self.original.value?,
+            mapped: self.mapped.value?,
+            line: self.line,
         })
     }
 }
@@ -705,6 +975,12 @@ fn validate(c: &LocatedConfig, errors: &mut Errors) {
     check_vpc_cidrs_overlap(c, errors);
     check_routes_outside_vpc(c, errors);
     check_tunnel_addresses(c, errors);
+    check_mapping_prefix_lengths(c, errors);
+    check_mapping_originals_overlap(c, errors);
+    check_local_originals_in_vpc(c, errors);
+    check_mapped_addresses_unique(c, errors);
+    check_routes_not_mapped(c, errors);
+    check_port_mappings_unique(c, errors);
 }
 
 pub const NODE_NAME_MAX: usize = 64;
@@ -1049,6 +1325,379 @@ fn check_tunnel_addresses(c: &LocatedConfig, errors: &mut Errors) {
     }
 }
 
+// NAT mappings. Configs may hold 100,000 mappings, so these checks sort or
+// hash instead of comparing all pairs.
+
+/// Every IP mapping of the config, with its owner's kind ("tunnel
+/// peer_ip_mapping" / "gateway local_ip_mapping").
+fn ip_mappings(c: &LocatedConfig) -> impl Iterator<Item = (&'static str, &LocatedIpMapping)> {
+    c.tunnels
+        .iter()
+        .flat_map(|t| {
+            t.peer_ip_mappings
+                .iter()
+                .map(|m| ("tunnel peer_ip_mapping", m))
+        })
+        .chain(c.gateways.iter().flat_map(|g| {
+            g.local_ip_mappings
+                .iter()
+                .map(|m| ("gateway local_ip_mapping", m))
+        }))
+}
+
+/// Original and mapped side have the same prefix length (the translation
+/// is 1:1, host bits kept).
+fn check_mapping_prefix_lengths(c: &LocatedConfig, errors: &mut Errors) {
+    for (kind, m) in ip_mappings(c) {
+        let (Some(original), Some(mapped)) = (m.original.value, m.mapped.value) else {
+            continue;
+        };
+        if original.prefix_len() != mapped.prefix_len() {
+            errors.push(
+                m.mapped.line,
+                &format!("{kind} mapped"),
+                mapped,
+                format!(
+                    "prefix length /{} differs from original {original} (line {}); a mapping translates 1:1, so both sides need the same prefix length",
+                    mapped.prefix_len(),
+                    m.original.line
+                ),
+            );
+        }
+    }
+}
+
+/// First and last address of a prefix, as integers.
+fn span(net: &Ipv4Net) -> (u32, u32) {
+    (u32::from(net.network()), u32::from(net.broadcast()))
+}
+
+/// Overlapping pairs among `spans` (first and last address, inclusive),
+/// in O(n log n): sorted by start (wider first on equal starts, then by
+/// `rank`), each span is compared with the earlier one reaching furthest,
+/// which overlaps it if any earlier span does. Every span that overlaps
+/// another appears in at least one pair `(earlier, later)` (in sort
+/// order), though not every overlapping pair is listed. Pairs for which
+/// `allowed` returns true are left out.
+fn overlapping_pairs(
+    spans: &[(u32, u32)],
+    rank: impl Fn(usize) -> u8,
+    allowed: impl Fn(usize, usize) -> bool,
+) -> Vec<(usize, usize)> {
+    let mut order: Vec<usize> = (0..spans.len()).collect();
+    order.sort_by_key(|&i| (spans[i].0, std::cmp::Reverse(spans[i].1), rank(i)));
+    let mut pairs = Vec::new();
+    let mut furthest: Option<usize> = None;
+    for i in order {
+        match furthest {
+            Some(f) if spans[f].1 >= spans[i].0 => {
+                if !allowed(f, i) {
+                    pairs.push((f, i));
+                }
+                if spans[i].1 > spans[f].1 {
+                    furthest = Some(i);
+                }
+            }
+            _ => furthest = Some(i),
+        }
+    }
+    pairs
+}
+
+/// Within one tunnel's peer mappings, and within one gateway's local IP
+/// mappings, the originals do not overlap: an address has one translation.
+/// (Two tunnels may map the same original: that is what NAT is for.)
+fn check_mapping_originals_overlap(c: &LocatedConfig, errors: &mut Errors) {
+    let owners = c
+        .tunnels
+        .iter()
+        .map(|t| ("tunnel", "peer_ip_mapping", &t.peer_ip_mappings))
+        .chain(
+            c.gateways
+                .iter()
+                .map(|g| ("gateway", "local_ip_mapping", &g.local_ip_mappings)),
+        );
+    for (owner, section, mappings) in owners {
+        let originals: Vec<(Ipv4Net, usize)> = mappings
+            .iter()
+            .filter_map(|m| Some((m.original.value?, m.original.line)))
+            .collect();
+        let spans: Vec<_> = originals.iter().map(|(net, _)| span(net)).collect();
+        let mut reported = HashSet::new();
+        for (a, b) in overlapping_pairs(&spans, |_| 0, |_, _| false) {
+            // Reported on the later line, naming the earlier one.
+            let (subject, other) = if originals[a].1 > originals[b].1 {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            if !reported.insert(subject) {
+                continue;
+            }
+            let (net, line) = originals[subject];
+            let (other_net, other_line) = originals[other];
+            errors.push(
+                line,
+                &format!("{owner} {section} original"),
+                net,
+                format!(
+                    "overlaps original {other_net} of the same {owner} (line {other_line}); the originals of one {owner}'s {section}s may not overlap"
+                ),
+            );
+        }
+    }
+}
+
+/// The VPC CIDRs of a gateway, or `None` if one of them did not parse
+/// (reported already; checks against the VPC are then skipped rather
+/// than reporting follow-on errors).
+fn parsed_vpc_cidrs(g: &LocatedGateway) -> Option<Vec<Ipv4Net>> {
+    g.vpc_cidrs.iter().map(|c| c.value).collect()
+}
+
+/// Local IP and port mappings translate the gateway's own VPC addresses:
+/// their originals lie inside one of its VPC CIDRs.
+fn check_local_originals_in_vpc(c: &LocatedConfig, errors: &mut Errors) {
+    for g in &c.gateways {
+        let Some(cidrs) = parsed_vpc_cidrs(g) else {
+            continue;
+        };
+        let listed = || {
+            cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for m in &g.local_ip_mappings {
+            let Some(original) = m.original.value else {
+                continue;
+            };
+            if !cidrs.iter().any(|cidr| cidr.contains(&original)) {
+                errors.push(
+                    m.original.line,
+                    "gateway local_ip_mapping original",
+                    original,
+                    format!(
+                        "outside the VPC CIDRs of gateway {} ({}); a local_ip_mapping maps the VPC's own addresses",
+                        quote(&g.name.value),
+                        listed()
+                    ),
+                );
+            }
+        }
+        for m in &g.local_port_mappings {
+            let Some(original) = m.original.value else {
+                continue;
+            };
+            if !cidrs.iter().any(|cidr| cidr.contains(original.ip())) {
+                errors.push(
+                    m.original.line,
+                    "gateway local_port_mapping original",
+                    original,
+                    format!(
+                        "address outside the VPC CIDRs of gateway {} ({}); a local_port_mapping maps a service in the VPC",
+                        quote(&g.name.value),
+                        listed()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The tunnels of each gateway, by gateway name (the first gateway of a
+/// duplicated name; duplicates are reported by check_names).
+fn tunnels_by_gateway(c: &LocatedConfig) -> HashMap<&str, Vec<&LocatedTunnel>> {
+    let mut by: HashMap<&str, Vec<&LocatedTunnel>> = HashMap::new();
+    for t in &c.tunnels {
+        by.entry(t.gateway.value.as_str()).or_default().push(t);
+    }
+    by
+}
+
+/// Where a gateway-visible address range comes from.
+#[derive(Clone, Copy)]
+enum MappedSource<'a> {
+    VpcCidr,
+    Peer(&'a LocatedTunnel),
+    Local,
+    Port(SocketAddrV4),
+}
+
+/// Within a gateway, every mapped address is unambiguous: the mapped
+/// ranges of its tunnels' peer mappings, of its local IP mappings and the
+/// addresses of its port mappings overlap neither each other nor the VPC
+/// CIDRs. (Port mappings may share one mapped address on different ports;
+/// their uniqueness is check_port_mappings_unique's.)
+fn check_mapped_addresses_unique(c: &LocatedConfig, errors: &mut Errors) {
+    let tunnels = tunnels_by_gateway(c);
+    let mut seen_gateways = HashSet::new();
+    for g in &c.gateways {
+        let mut items: Vec<(MappedSource, Ipv4Net, usize)> = Vec::new();
+        items.extend(
+            g.vpc_cidrs
+                .iter()
+                .filter_map(|c| Some((MappedSource::VpcCidr, c.value?, c.line))),
+        );
+        if seen_gateways.insert(g.name.value.as_str()) {
+            for t in tunnels.get(g.name.value.as_str()).into_iter().flatten() {
+                items.extend(
+                    t.peer_ip_mappings.iter().filter_map(|m| {
+                        Some((MappedSource::Peer(t), m.mapped.value?, m.mapped.line))
+                    }),
+                );
+            }
+        }
+        items.extend(
+            g.local_ip_mappings
+                .iter()
+                .filter_map(|m| Some((MappedSource::Local, m.mapped.value?, m.mapped.line))),
+        );
+        items.extend(g.local_port_mappings.iter().filter_map(|m| {
+            let a = m.mapped.value?;
+            Some((MappedSource::Port(a), Ipv4Net::from(*a.ip()), m.mapped.line))
+        }));
+
+        let spans: Vec<_> = items.iter().map(|(_, net, _)| span(net)).collect();
+        // Port addresses last among equal spans, so a host mapping of the
+        // same address is the one they are compared with.
+        let rank = |i: usize| u8::from(matches!(items[i].0, MappedSource::Port(_)));
+        let allowed = |a: usize, b: usize| {
+            matches!(
+                (items[a].0, items[b].0),
+                (MappedSource::VpcCidr, MappedSource::VpcCidr) // check_vpc_cidrs_overlap's
+                    | (MappedSource::Port(_), MappedSource::Port(_))
+            )
+        };
+        let mut reported = HashSet::new();
+        for (a, b) in overlapping_pairs(&spans, rank, allowed) {
+            // Reported on the mapping (never on a VPC CIDR), else on the
+            // later line, naming the other.
+            let (subject, other) = match (items[a].0, items[b].0) {
+                (MappedSource::VpcCidr, _) => (b, a),
+                (_, MappedSource::VpcCidr) => (a, b),
+                _ if items[a].2 > items[b].2 => (a, b),
+                _ => (b, a),
+            };
+            if !reported.insert(subject) {
+                continue;
+            }
+            let (source, net, line) = items[subject];
+            let (other_source, other_net, other_line) = items[other];
+            let other = match other_source {
+                MappedSource::VpcCidr => format!("VPC CIDR {other_net} (line {other_line})"),
+                MappedSource::Peer(t) => format!(
+                    "mapped range {other_net} of tunnel {}'s peer_ip_mapping (line {other_line})",
+                    quote(&t.name.value)
+                ),
+                MappedSource::Local => {
+                    format!("mapped range {other_net} of a local_ip_mapping (line {other_line})")
+                }
+                MappedSource::Port(a) => {
+                    format!("mapped address {a} of a local_port_mapping (line {other_line})")
+                }
+            };
+            let rule = format!(
+                "overlaps {other} of gateway {}; a gateway's mapped addresses (its tunnels' peer_ip_mappings, its local_ip_mappings and local_port_mappings) may not overlap each other nor its VPC CIDRs",
+                quote(&g.name.value)
+            );
+            match source {
+                MappedSource::Peer(_) => {
+                    errors.push(line, "tunnel peer_ip_mapping mapped", net, rule)
+                }
+                MappedSource::Local => {
+                    errors.push(line, "gateway local_ip_mapping mapped", net, rule)
+                }
+                MappedSource::Port(a) => {
+                    errors.push(line, "gateway local_port_mapping mapped", a, rule)
+                }
+                MappedSource::VpcCidr => {} // never a subject
+            }
+        }
+    }
+}
+
+/// A peer mapping's mapped prefix is a route of its gateway (back through
+/// the mapping's tunnel), so no tunnel may announce that same prefix as a
+/// route. (Overlapping, more or less specific routes are fine.)
+fn check_routes_not_mapped(c: &LocatedConfig, errors: &mut Errors) {
+    for (gateway, tunnels) in tunnels_by_gateway(c) {
+        let mut mapped: HashMap<Ipv4Net, (&LocatedTunnel, usize)> = HashMap::new();
+        for t in &tunnels {
+            for m in &t.peer_ip_mappings {
+                if let Some(net) = m.mapped.value {
+                    mapped.entry(net).or_insert((t, m.mapped.line));
+                }
+            }
+        }
+        if mapped.is_empty() {
+            continue;
+        }
+        for t in &tunnels {
+            for route in &t.routes {
+                let Some(net) = route.value else { continue };
+                if let Some((owner, line)) = mapped.get(&net) {
+                    errors.push(
+                        route.line,
+                        "tunnel routes",
+                        net,
+                        format!(
+                            "is the mapped prefix of tunnel {}'s peer_ip_mapping (line {line}) on gateway {}; that prefix already routes back through tunnel {}",
+                            quote(&owner.name.value),
+                            quote(gateway),
+                            quote(&owner.name.value)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Port mappings translate both ways, so within a gateway each (protocol,
+/// mapped address, port) and each (protocol, original address, port)
+/// occurs once.
+fn check_port_mappings_unique(c: &LocatedConfig, errors: &mut Errors) {
+    for g in &c.gateways {
+        let mut mapped: HashMap<(Protocol, SocketAddrV4), usize> = HashMap::new();
+        let mut original: HashMap<(Protocol, SocketAddrV4), usize> = HashMap::new();
+        for m in &g.local_port_mappings {
+            let Some(protocol) = m.protocol.value else {
+                continue;
+            };
+            if let Some(a) = m.mapped.value {
+                if let Some(first) = mapped.get(&(protocol, a)) {
+                    errors.push(
+                        m.mapped.line,
+                        "gateway local_port_mapping mapped",
+                        a,
+                        format!(
+                            "{protocol} {a} is already mapped at line {first}; each protocol, mapped address and port may be mapped once per gateway"
+                        ),
+                    );
+                } else {
+                    mapped.insert((protocol, a), m.mapped.line);
+                }
+            }
+            if let Some(a) = m.original.value {
+                if let Some(first) = original.get(&(protocol, a)) {
+                    errors.push(
+                        m.original.line,
+                        "gateway local_port_mapping original",
+                        a,
+                        format!(
+                            "{protocol} {a} already has a port mapping at line {first}; replies from a VPC service must translate back to one address, so it may be mapped once per gateway"
+                        ),
+                    );
+                } else {
+                    original.insert((protocol, a), m.original.line);
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -1157,6 +1806,8 @@ routes = ["10.0.0.0/16"]
                 vpc: "vpc-prod".into(),
                 vpc_cidrs: vec![net("172.16.0.0/16")],
                 interface: "eth2".into(),
+                local_ip_mappings: vec![],
+                local_port_mappings: vec![],
                 line: 8,
                 interface_line: 12,
             }],
@@ -1168,6 +1819,7 @@ routes = ["10.0.0.0/16"]
                 local_ip: net("169.254.100.1/30"),
                 peer_ip: Ipv4Addr::new(169, 254, 100, 2),
                 routes: vec![net("10.0.0.0/16")],
+                peer_ip_mappings: vec![],
                 line: 14,
             }],
         };
@@ -1797,5 +2449,499 @@ routes = ["10.0.0.0/16"]
         }
         let errors = errors_of("[node]\r\nname = \"a\"\r\nfoo = 1\r\n");
         assert_eq!(errors[0].line, 3);
+    }
+
+    // --- NAT mappings -----------------------------------------------------
+
+    /// Appended to EXAMPLE: the issue's example. Array-of-tables attach to
+    /// the last [[tunnel]] / [[gateway]], wherever they are written.
+    const NAT: &str = r#"
+[[tunnel.peer_ip_mapping]]
+original = "10.0.0.0/24"
+mapped   = "100.64.1.0/24"
+
+[[gateway.local_ip_mapping]]
+original = "172.16.1.0/24"
+mapped   = "192.168.50.0/24"
+
+[[gateway.local_port_mapping]]
+protocol = "tcp"
+original = "172.16.0.10:80"
+mapped   = "192.168.60.1:8080"
+"#;
+
+    fn nat_example() -> String {
+        example_plus(NAT)
+    }
+
+    /// The NAT example with line `n` (1-based) replaced by `with`.
+    fn nat_with(n: usize, with: &str) -> String {
+        nat_example()
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i + 1 == n { with } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn nat_plus(extra: &str) -> String {
+        format!("{}{extra}", nat_example())
+    }
+
+    fn sock(s: &str) -> SocketAddrV4 {
+        s.parse().expect("test socket address")
+    }
+
+    #[test]
+    fn nat_example_parses_into_expected_model() {
+        let config = Config::parse(&nat_example(), FILE).expect("NAT example is valid");
+        assert_eq!(
+            config.tunnels[0].peer_ip_mappings,
+            vec![IpMappingCfg {
+                original: net("10.0.0.0/24"),
+                mapped: net("100.64.1.0/24"),
+                line: 23,
+            }]
+        );
+        let g = &config.gateways[0];
+        assert_eq!(
+            g.local_ip_mappings,
+            vec![IpMappingCfg {
+                original: net("172.16.1.0/24"),
+                mapped: net("192.168.50.0/24"),
+                line: 27,
+            }]
+        );
+        assert_eq!(
+            g.local_port_mappings,
+            vec![PortMappingCfg {
+                protocol: Protocol::Tcp,
+                original: sock("172.16.0.10:80"),
+                mapped: sock("192.168.60.1:8080"),
+                line: 31,
+            }]
+        );
+        assert_eq!(Protocol::Tcp.number(), 6);
+        assert_eq!(Protocol::Udp.number(), 17);
+        // Everything else is as without NAT.
+        let plain = Config::parse(EXAMPLE, FILE).expect("valid");
+        assert_eq!(config.tunnels[0].routes, plain.tunnels[0].routes);
+        assert_eq!(config.gateways[0].vpc_cidrs, plain.gateways[0].vpc_cidrs);
+    }
+
+    #[test]
+    fn mappings_may_be_inline_tables_and_hosts() {
+        let text = example_with(
+            21,
+            r#"peer_ip_mapping = [{ original = "10.0.0.5", mapped = "100.64.1.5/32" }, { original = "10.0.1.0/24", mapped = "100.64.2.0/24" }]"#,
+        );
+        let config = Config::parse(&text, FILE).expect("valid");
+        let m = &config.tunnels[0].peer_ip_mappings;
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].original, net("10.0.0.5/32"));
+        assert_eq!(m[0].mapped, net("100.64.1.5/32"));
+        assert_eq!(m[0].line, 21);
+        let text = nat_with(32, "protocol = \"udp\"");
+        let config = Config::parse(&text, FILE).expect("valid");
+        assert_eq!(
+            config.gateways[0].local_port_mappings[0].protocol,
+            Protocol::Udp
+        );
+    }
+
+    #[test]
+    fn two_tunnels_may_map_the_same_original() {
+        let text = nat_plus(&format!(
+            "{}\n[[tunnel.peer_ip_mapping]]\noriginal = \"10.0.0.0/24\"\nmapped = \"100.64.2.0/24\"\n",
+            second_tunnel(
+                "line-a",
+                200,
+                "169.254.200.1/30",
+                "169.254.200.2",
+                "\"10.0.0.0/24\""
+            )
+        ));
+        let config = Config::parse(&text, FILE).expect("valid");
+        assert_eq!(
+            config.tunnels[1].peer_ip_mappings[0].mapped,
+            net("100.64.2.0/24")
+        );
+        // A route to a mapped range's addresses that is not the mapped prefix
+        // itself is fine too.
+        let text = nat_with(21, r#"routes = ["10.0.0.0/16", "100.64.0.0/16"]"#);
+        Config::parse(&text, FILE).expect("overlapping route is allowed");
+    }
+
+    #[test]
+    fn mapping_prefix_lengths_differ() {
+        assert_one_error(
+            &nat_with(25, "mapped = \"100.64.1.0/25\""),
+            25,
+            "100.64.1.0/25",
+            "prefix length /25 differs from original 10.0.0.0/24 (line 24)",
+        );
+        // A host on one side, a prefix on the other.
+        assert_one_error(
+            &nat_with(28, "original = \"172.16.1.9\""),
+            29,
+            "192.168.50.0/24",
+            "differs from original 172.16.1.9/32",
+        );
+    }
+
+    #[test]
+    fn mapping_prefixes_must_be_canonical() {
+        assert_one_error(
+            &nat_with(24, "original = \"10.0.0.1/24\""),
+            24,
+            "10.0.0.1/24",
+            "did you mean \"10.0.0.0/24\"?",
+        );
+        assert_one_error(
+            &nat_with(29, "mapped = \"192.168.50.7/24\""),
+            29,
+            "192.168.50.7/24",
+            "did you mean \"192.168.50.0/24\"?",
+        );
+    }
+
+    #[test]
+    fn malformed_mapping_values() {
+        let cases = [
+            (
+                24,
+                "original = \"bogus\"",
+                "bogus",
+                "not an IPv4 address or prefix",
+            ),
+            (
+                25,
+                "mapped = \"fd00::/64\"",
+                "fd00::/64",
+                "IPv6 is not supported yet",
+            ),
+            (
+                33,
+                "original = \"172.16.0.10\"",
+                "172.16.0.10",
+                "missing port",
+            ),
+            (
+                34,
+                "mapped = \"192.168.60.1:70000\"",
+                "192.168.60.1:70000",
+                "not an IPv4 address and port",
+            ),
+            (
+                34,
+                "mapped = \"[fd00::1]:80\"",
+                "[fd00::1]:80",
+                "IPv6 is not supported yet",
+            ),
+        ];
+        for (line, text, value, rule) in cases {
+            assert_one_error(&nat_with(line, text), line, value, rule);
+        }
+    }
+
+    #[test]
+    fn port_zero_is_invalid() {
+        assert_one_error(
+            &nat_with(34, "mapped = \"192.168.60.1:0\""),
+            34,
+            "192.168.60.1:0",
+            "port 0 is not a usable port",
+        );
+        assert_one_error(
+            &nat_with(33, "original = \"172.16.0.10:0\""),
+            33,
+            "172.16.0.10:0",
+            "ports are 1..=65535",
+        );
+    }
+
+    #[test]
+    fn protocol_must_be_tcp_or_udp() {
+        for bad in ["icmp", "TCP", ""] {
+            assert_one_error(
+                &nat_with(32, &format!("protocol = \"{bad}\"")),
+                32,
+                bad,
+                "port mappings are \"tcp\" or \"udp\"",
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_mapping_keys_are_rejected() {
+        let errors = errors_of(&nat_with(25, "mapped = \"100.64.1.0/24\"\nport = 1"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].message.contains("unknown field"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn peer_originals_overlap_within_a_tunnel() {
+        let text = nat_plus(
+            "\n[[tunnel.peer_ip_mapping]]\noriginal = \"10.0.0.128/25\"\nmapped = \"100.64.2.0/25\"\n",
+        );
+        assert_one_error(
+            &text,
+            37,
+            "10.0.0.128/25",
+            "overlaps original 10.0.0.0/24 of the same tunnel (line 24); the originals of one tunnel's peer_ip_mappings may not overlap",
+        );
+    }
+
+    #[test]
+    fn local_originals_overlap_within_a_gateway() {
+        let text = nat_plus(
+            "\n[[gateway.local_ip_mapping]]\noriginal = \"172.16.1.7\"\nmapped = \"192.168.51.7\"\n",
+        );
+        assert_one_error(
+            &text,
+            37,
+            "172.16.1.7/32",
+            "overlaps original 172.16.1.0/24 of the same gateway (line 28)",
+        );
+    }
+
+    #[test]
+    fn mapped_range_overlaps_vpc_cidrs() {
+        let rule = "overlaps VPC CIDR 172.16.0.0/16 (line 11) of gateway \"dcg-prod\"";
+        assert_one_error(
+            &nat_with(25, "mapped = \"172.16.5.0/24\""),
+            25,
+            "172.16.5.0/24",
+            rule,
+        );
+        assert_one_error(
+            &nat_with(29, "mapped = \"172.16.50.0/24\""),
+            29,
+            "172.16.50.0/24",
+            rule,
+        );
+        assert_one_error(
+            &nat_with(34, "mapped = \"172.16.60.1:8080\""),
+            34,
+            "172.16.60.1:8080",
+            rule,
+        );
+    }
+
+    #[test]
+    fn mapped_ranges_overlap_each_other() {
+        // Peer mapping of another tunnel on the same gateway.
+        let text = nat_plus(&format!(
+            "{}\n[[tunnel.peer_ip_mapping]]\noriginal = \"10.0.0.0/25\"\nmapped = \"100.64.1.128/25\"\n",
+            second_tunnel("line-a", 200, "169.254.200.1/30", "169.254.200.2", "")
+        ));
+        assert_one_error(
+            &text,
+            47,
+            "100.64.1.128/25",
+            "overlaps mapped range 100.64.1.0/24 of tunnel \"dct-a-100\"'s peer_ip_mapping (line 25)",
+        );
+        // A local mapping and a peer mapping.
+        assert_one_error(
+            &nat_with(29, "mapped = \"100.64.1.0/24\""),
+            29,
+            "100.64.1.0/24",
+            "overlaps mapped range 100.64.1.0/24 of tunnel \"dct-a-100\"'s peer_ip_mapping (line 25)",
+        );
+        // A port mapping's address inside a local mapping's mapped range.
+        assert_one_error(
+            &nat_with(34, "mapped = \"192.168.50.9:8080\""),
+            34,
+            "192.168.50.9:8080",
+            "overlaps mapped range 192.168.50.0/24 of a local_ip_mapping (line 29)",
+        );
+        // ... and the other way round: reported on the later line.
+        let text = nat_plus(
+            "\n[[gateway.local_ip_mapping]]\noriginal = \"172.16.2.0/24\"\nmapped = \"192.168.60.0/24\"\n",
+        );
+        assert_one_error(
+            &text,
+            38,
+            "192.168.60.0/24",
+            "overlaps mapped address 192.168.60.1:8080 of a local_port_mapping (line 34)",
+        );
+    }
+
+    #[test]
+    fn mapped_ranges_of_different_gateways_may_overlap() {
+        let text = nat_plus(concat!(
+            "\n[[gateway]]\nname = \"dcg-b\"\nvpc = \"vpc-b\"\nvpc_cidrs = [\"172.17.0.0/16\"]\ninterface = \"eth3\"\n",
+            "\n[[gateway.local_ip_mapping]]\noriginal = \"172.17.1.0/24\"\nmapped = \"100.64.1.0/24\"\n",
+        ));
+        Config::parse(&text, FILE).expect("another gateway's table");
+    }
+
+    #[test]
+    fn port_mappings_share_a_mapped_address_on_different_ports() {
+        let text = nat_plus(concat!(
+            "\n[[gateway.local_port_mapping]]\nprotocol = \"tcp\"\noriginal = \"172.16.0.11:80\"\nmapped = \"192.168.60.1:8081\"\n",
+            "\n[[gateway.local_port_mapping]]\nprotocol = \"udp\"\noriginal = \"172.16.0.10:80\"\nmapped = \"192.168.60.1:8080\"\n",
+        ));
+        let config = Config::parse(&text, FILE).expect("valid");
+        assert_eq!(config.gateways[0].local_port_mappings.len(), 3);
+    }
+
+    #[test]
+    fn duplicate_port_mapping_mapped_side() {
+        let text = nat_plus(
+            "\n[[gateway.local_port_mapping]]\nprotocol = \"tcp\"\noriginal = \"172.16.0.11:80\"\nmapped = \"192.168.60.1:8080\"\n",
+        );
+        assert_one_error(
+            &text,
+            39,
+            "192.168.60.1:8080",
+            "tcp 192.168.60.1:8080 is already mapped at line 34",
+        );
+    }
+
+    #[test]
+    fn duplicate_port_mapping_original_side() {
+        let text = nat_plus(
+            "\n[[gateway.local_port_mapping]]\nprotocol = \"tcp\"\noriginal = \"172.16.0.10:80\"\nmapped = \"192.168.60.2:8080\"\n",
+        );
+        assert_one_error(
+            &text,
+            38,
+            "172.16.0.10:80",
+            "tcp 172.16.0.10:80 already has a port mapping at line 33",
+        );
+    }
+
+    #[test]
+    fn port_mapping_original_outside_vpc() {
+        assert_one_error(
+            &nat_with(33, "original = \"10.1.1.1:80\""),
+            33,
+            "10.1.1.1:80",
+            "address outside the VPC CIDRs of gateway \"dcg-prod\" (172.16.0.0/16)",
+        );
+    }
+
+    #[test]
+    fn local_ip_mapping_original_outside_vpc() {
+        assert_one_error(
+            &nat_with(28, "original = \"172.17.1.0/24\""),
+            28,
+            "172.17.1.0/24",
+            "outside the VPC CIDRs of gateway \"dcg-prod\" (172.16.0.0/16); a local_ip_mapping maps the VPC's own addresses",
+        );
+        // Partly inside is still outside.
+        assert_one_error(
+            &nat_with(28, "original = \"172.0.0.0/8\"").replace("192.168.50.0/24", "10.0.0.0/8"),
+            28,
+            "172.0.0.0/8",
+            "outside the VPC CIDRs",
+        );
+    }
+
+    #[test]
+    fn route_equal_to_a_mapped_prefix() {
+        assert_one_error(
+            &nat_with(21, r#"routes = ["10.0.0.0/16", "100.64.1.0/24"]"#),
+            21,
+            "100.64.1.0/24",
+            "is the mapped prefix of tunnel \"dct-a-100\"'s peer_ip_mapping (line 25) on gateway \"dcg-prod\"",
+        );
+    }
+
+    #[test]
+    fn all_mapping_errors_are_reported() {
+        let text = nat_plus(concat!(
+            "\n[[tunnel.peer_ip_mapping]]\noriginal = \"10.0.0.0/24\"\nmapped = \"100.64.8.0/23\"\n",
+            "\n[[gateway.local_port_mapping]]\nprotocol = \"sctp\"\noriginal = \"172.16.0.10:80\"\nmapped = \"192.168.60.1:0\"\n",
+            "\n[[gateway.local_port_mapping]]\nprotocol = \"tcp\"\noriginal = \"172.16.0.10:80\"\nmapped = \"192.168.50.1:80\"\n",
+        ));
+        let errors = errors_of(&text);
+        let got: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.split(": ").next().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (37, "tunnel peer_ip_mapping original \"10.0.0.0/24\""),
+                (38, "tunnel peer_ip_mapping mapped \"100.64.8.0/23\""),
+                (41, "gateway local_port_mapping protocol \"sctp\""),
+                (43, "gateway local_port_mapping mapped \"192.168.60.1:0\""),
+                (47, "gateway local_port_mapping original \"172.16.0.10:80\""),
+                (48, "gateway local_port_mapping mapped \"192.168.50.1:80\""),
+            ],
+            "{}",
+            ConfigErrors(errors.clone())
+        );
+    }
+
+    /// 100,000 peer mappings (and as many port mappings) validate in
+    /// O(n log n): an all-pairs check would take minutes here.
+    #[test]
+    fn validates_100k_mappings() {
+        use std::fmt::Write;
+        const N: u32 = 100_000;
+        let mut text = nat_example();
+        // Four tunnels on one gateway, 25,000 host mappings each; every
+        // tunnel maps the same originals to its own mapped addresses.
+        for t in 0..4u32 {
+            write!(
+                text,
+                "{}",
+                second_tunnel(
+                    "line-a",
+                    200 + i64::from(t),
+                    &format!("169.254.{}.1/30", 200 + t),
+                    &format!("169.254.{}.2", 200 + t),
+                    ""
+                )
+                .replace("\"t2\"", &format!("\"t{t}\""))
+            )
+            .expect("write");
+            for i in 0..N / 4 {
+                let original = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i);
+                let mapped = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 80, 0, 0)) + t * N + i);
+                write!(
+                    text,
+                    "\n[[tunnel.peer_ip_mapping]]\noriginal = \"{original}\"\nmapped = \"{mapped}\"\n"
+                )
+                .expect("write");
+            }
+        }
+        for i in 0..N / 4 {
+            let original = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 128, 0)) + i);
+            write!(
+                text,
+                "\n[[gateway.local_port_mapping]]\nprotocol = \"udp\"\noriginal = \"{original}:53\"\nmapped = \"192.168.61.1:{}\"\n",
+                1 + i
+            )
+            .expect("write");
+        }
+        let started = std::time::Instant::now();
+        let config = Config::parse(&text, FILE).expect("valid");
+        let elapsed = started.elapsed();
+        let total: usize = config
+            .tunnels
+            .iter()
+            .map(|t| t.peer_ip_mappings.len())
+            .sum();
+        assert_eq!(total, N as usize + 1, "plus the example's");
+        assert_eq!(
+            config.gateways[0].local_port_mappings.len(),
+            (N / 4) as usize + 1
+        );
+        println!(
+            "parsed and validated {total} peer + {} port mappings in {elapsed:?}",
+            N / 4
+        );
+
+        // One overlap among them is still found.
+        let bad = text.replace("mapped = \"100.80.0.5\"", "mapped = \"100.80.0.4\"");
+        let errors = errors_of(&bad);
+        assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
+        assert!(errors[0]
+            .message
+            .contains("overlaps mapped range 100.80.0.4/32"));
     }
 }

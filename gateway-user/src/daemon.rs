@@ -96,7 +96,7 @@ impl State {
                 self.dp.attach(name, *ifindex)?;
                 self.ports.insert(*ifindex, name.clone());
                 if netdev::driver(name).as_deref() == Some("veth") {
-                    info!("{name} is a veth: frames redirected to it reach its peer only if the peer has XDP or GRO on (ethtool -K PEER gro on)");
+                    info!("{name} is a veth: frames sent to it reach its peer only if the peer has XDP or GRO on (ethtool -K PEER gro on); local replies use a redirect instead of XDP_TX");
                 }
             }
         }

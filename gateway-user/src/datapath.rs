@@ -17,12 +17,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    limits, map_names as names, Counters, Gateway, NexthopGroup, PeerNeigh, Port, Route, RouteKey,
-    Tunnel, VlanKey, XDP_PROGRAM,
+    limits, map_names as names, Counters, Gateway, IpMapping, MappingKey, NexthopGroup, PeerNeigh,
+    Port, PortMapping, PortMappingKey, Route, RouteKey, Tunnel, VlanKey, XDP_PROGRAM,
 };
 use tracing::{debug, info};
 
-use crate::plan::{Existing, Plan, RouteEntryKey};
+use crate::plan::{Existing, MappingEntryKey, Plan, RouteEntryKey};
 
 /// Where a node's pins live.
 pub fn pin_dir(bpffs: &Path, node: &str) -> PathBuf {
@@ -196,6 +196,10 @@ impl Datapath {
             .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
     }
 
+    fn has_map(&self, name: &str) -> bool {
+        self.ebpf.map(name).is_some()
+    }
+
     /// Ids in use in the maps, so a new plan keeps them.
     pub fn existing(&self) -> Result<Existing> {
         let mut existing = Existing::default();
@@ -242,8 +246,23 @@ impl Datapath {
     /// referenced objects (groups, tunnels, gateways) before the entries that
     /// reference them (ports, VLAN classifier, routes); removals in the
     /// opposite order.
+    ///
+    /// NAT translations (`IP_MAPPINGS`, `PORT_MAPPINGS`) count as referenced
+    /// objects: they are written before the classifier entry of a new tunnel
+    /// and before the route to a mapped prefix, so no packet of a mapped
+    /// tunnel or prefix ever passes untranslated; they are removed last.
     pub fn apply(&mut self, plan: &Plan) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
+        // An object without the NAT maps still serves configs without NAT;
+        // one with NAT fails here, before anything is written.
+        for (name, needed) in [
+            (names::IP_MAPPINGS, !plan.ip_mappings.is_empty()),
+            (names::PORT_MAPPINGS, !plan.port_mappings.is_empty()),
+        ] {
+            if needed && !self.has_map(name) {
+                bail!("the config has NAT mappings but map {name} is missing from the eBPF object");
+            }
+        }
         let current = self.read_config_maps()?;
 
         // 1. new tunnels start with clean counters and no learned peer MAC;
@@ -282,6 +301,28 @@ impl Datapath {
             for (id, g) in &plan.gateways {
                 if current.gateways.get(id) != Some(g) {
                     gateways.set(*id, g, 0).context("writing a gateway")?;
+                    stats.changed += 1;
+                }
+            }
+        }
+        if !plan.ip_mappings.is_empty() || !current.ip_mappings.is_empty() {
+            let mut mappings: LpmTrie<_, MappingKey, IpMapping> =
+                LpmTrie::try_from(self.map_mut(names::IP_MAPPINGS)?)?;
+            for (k, m) in &plan.ip_mappings {
+                if current.ip_mappings.get(k) != Some(m) {
+                    mappings
+                        .insert(&Key::new(k.trie_prefix_len(), k.key), m, 0)
+                        .context("writing an IP mapping")?;
+                    stats.changed += 1;
+                }
+            }
+        }
+        if !plan.port_mappings.is_empty() || !current.port_mappings.is_empty() {
+            let mut mappings: HashMap<_, PortMappingKey, PortMapping> =
+                HashMap::try_from(self.map_mut(names::PORT_MAPPINGS)?)?;
+            for (k, m) in &plan.port_mappings {
+                if current.port_mappings.get(k) != Some(m) {
+                    mappings.insert(k, m, 0).context("writing a port mapping")?;
                     stats.changed += 1;
                 }
             }
@@ -344,6 +385,36 @@ impl Datapath {
             for ifindex in current.ports.keys() {
                 if !plan.ports.contains_key(ifindex) {
                     ports.remove(ifindex)?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        if current
+            .ip_mappings
+            .keys()
+            .any(|k| !plan.ip_mappings.contains_key(k))
+        {
+            let mut mappings: LpmTrie<_, MappingKey, IpMapping> =
+                LpmTrie::try_from(self.map_mut(names::IP_MAPPINGS)?)?;
+            for k in current.ip_mappings.keys() {
+                if !plan.ip_mappings.contains_key(k) {
+                    mappings
+                        .remove(&Key::new(k.trie_prefix_len(), k.key))
+                        .context("removing an IP mapping")?;
+                    stats.removed += 1;
+                }
+            }
+        }
+        if current
+            .port_mappings
+            .keys()
+            .any(|k| !plan.port_mappings.contains_key(k))
+        {
+            let mut mappings: HashMap<_, PortMappingKey, PortMapping> =
+                HashMap::try_from(self.map_mut(names::PORT_MAPPINGS)?)?;
+            for k in current.port_mappings.keys() {
+                if !plan.port_mappings.contains_key(k) {
+                    mappings.remove(k).context("removing a port mapping")?;
                     stats.removed += 1;
                 }
             }
@@ -429,6 +500,24 @@ impl Datapath {
                 .insert(RouteEntryKey::from_trie(k.prefix_len(), k.data()), v);
         }
         p.groups = self.groups()?;
+        // Absent from an object built before NAT: nothing to read.
+        if self.has_map(names::IP_MAPPINGS) {
+            let mappings: LpmTrie<_, MappingKey, IpMapping> =
+                LpmTrie::try_from(self.map(names::IP_MAPPINGS)?)?;
+            for e in mappings.iter() {
+                let (k, v) = e?;
+                p.ip_mappings
+                    .insert(MappingEntryKey::from_trie(k.prefix_len(), k.data()), v);
+            }
+        }
+        if self.has_map(names::PORT_MAPPINGS) {
+            let mappings: HashMap<_, PortMappingKey, PortMapping> =
+                HashMap::try_from(self.map(names::PORT_MAPPINGS)?)?;
+            for e in mappings.iter() {
+                let (k, v) = e?;
+                p.port_mappings.insert(k, v);
+            }
+        }
         Ok(p)
     }
 

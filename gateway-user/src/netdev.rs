@@ -15,38 +15,73 @@ pub fn lookup(name: &str) -> Option<NetDev> {
         return None;
     }
     let mac = hw_address(name)?;
-    Some(NetDev { ifindex, mac })
+    let port_flags = if driver(name).as_deref() == Some("veth") {
+        gateway_common::port_flags::TX_VIA_REDIRECT
+    } else {
+        0
+    };
+    Some(NetDev {
+        ifindex,
+        mac,
+        port_flags,
+    })
+}
+
+/// Runs one `ioctl` on an interface through a throw-away socket of the
+/// calling thread's network namespace.
+fn if_ioctl(name: &str, request: libc::c_ulong, req: &mut libc::ifreq) -> bool {
+    if name.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: plain syscalls on a socket we own and close; `req` is valid.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let rc = libc::ioctl(fd, request, req as *mut libc::ifreq);
+        libc::close(fd);
+        rc == 0
+    }
+}
+
+/// The driver name (ethtool's GDRVINFO), e.g. "veth", "mlx5_core".
+pub fn driver(name: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo: cmd, driver[32], version[32], fw_version[32],
+    // bus_info[32], erom_version[32], reserved2[12], 5 x u32.
+    let mut info = [0u8; 4 + 32 * 5 + 12 + 20];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    // SAFETY: zeroed ifreq is valid; ifru_data points at `info`, which
+    // outlives the call.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
+    if !if_ioctl(name, libc::SIOCETHTOOL, &mut req) {
+        return None;
+    }
+    let driver = &info[4..36];
+    let end = driver.iter().position(|b| *b == 0).unwrap_or(driver.len());
+    Some(String::from_utf8_lossy(&driver[..end]).into_owned())
 }
 
 /// MAC through SIOCGIFHWADDR: answers for the calling thread's network
 /// namespace (sysfs shows the namespace of whoever mounted it).
 fn hw_address(name: &str) -> Option<[u8; 6]> {
-    if name.len() >= libc::IFNAMSIZ {
+    // SAFETY: zeroed ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if !if_ioctl(name, libc::SIOCGIFHWADDR, &mut req) {
         return None;
     }
-    // SAFETY: plain syscalls on a socket we own and close; ifreq zeroed and
-    // the name copied with a terminating NUL.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *d = s as libc::c_char;
-        }
-        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
-        libc::close(fd);
-        if rc != 0 {
-            return None;
-        }
-        let data = req.ifr_ifru.ifru_hwaddr.sa_data;
-        let mut mac = [0u8; 6];
-        for (m, d) in mac.iter_mut().zip(data.iter()) {
-            *m = *d as u8;
-        }
-        Some(mac)
+    // SAFETY: the kernel filled the hwaddr member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
     }
+    Some(mac)
 }
 
 pub fn exists(name: &str) -> bool {
@@ -99,20 +134,6 @@ pub fn rp_filter_active(interface: &str) -> bool {
     let all = read_sysctl(&sysctl_path("all", "rp_filter")).unwrap_or(0);
     let dev = read_sysctl(&sysctl_path(interface, "rp_filter")).unwrap_or(0);
     all.max(dev) != 0
-}
-
-/// For veth ports: XDP_REDIRECT into a veth only delivers if the peer has
-/// an XDP program or GRO enabled (platform.md). Returns the driver name.
-pub fn driver(interface: &str) -> Option<String> {
-    let link = std::fs::read_link(format!("/sys/class/net/{interface}/device/driver")).ok();
-    if let Some(l) = link {
-        return l.file_name().map(|f| f.to_string_lossy().into_owned());
-    }
-    // veth has no device/driver link; its uevent says DEVTYPE? no: check
-    // the type via the ethtool-less way, the presence of an iflink != ifindex.
-    let ifindex = read_sysctl(&format!("/sys/class/net/{interface}/ifindex"))?;
-    let iflink = read_sysctl(&format!("/sys/class/net/{interface}/iflink"))?;
-    (ifindex != iflink).then(|| "veth".to_owned())
 }
 
 #[cfg(test)]

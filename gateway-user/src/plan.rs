@@ -10,18 +10,21 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Result};
 use gateway_common::{
-    limits, nexthop_kind, port_role, tunnel_flags, Gateway, NexthopGroup, Port, Route, RouteKey,
+    limits, mapping_kind, nexthop_kind, port_mapping_dir, port_role, tunnel_flags, Gateway,
+    IpMapping, MappingKey, NexthopGroup, Port, PortMapping, PortMappingKey, Route, RouteKey,
     Tunnel, VlanKey,
 };
 use ipnet::Ipv4Net;
 
-use crate::config::Config;
+use crate::config::{Config, PortMappingCfg};
 
 /// What the kernel says about an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetDev {
     pub ifindex: u32,
     pub mac: [u8; 6],
+    /// `gateway_common::port_flags` the port needs (from its driver).
+    pub port_flags: u16,
 }
 
 /// An LPM trie entry's key: data plus the number of leading bits matched.
@@ -45,6 +48,36 @@ impl RouteEntryKey {
             gateway_id: u32::from_be_bytes(data.gateway),
             addr: data.addr,
             prefix_len: prefix_len.saturating_sub(RouteKey::GATEWAY_BITS) as u8,
+        }
+    }
+}
+
+/// An `IP_MAPPINGS` trie entry's key: kind, owner and the network address
+/// of the prefix to translate, plus the prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MappingEntryKey {
+    /// `key.addr` is the network address of the prefix.
+    pub key: MappingKey,
+    /// Prefix length of the address (0..=32), without the kind/owner bits.
+    pub prefix_len: u8,
+}
+
+impl MappingEntryKey {
+    /// `kind` (`mapping_kind::*`) translations owned by tunnel or gateway
+    /// `owner` for the addresses of `net`.
+    pub fn new(kind: u8, owner: u32, net: &Ipv4Net) -> Self {
+        Self {
+            key: MappingKey::new(kind, owner, net.network().octets()),
+            prefix_len: net.prefix_len(),
+        }
+    }
+    pub fn trie_prefix_len(&self) -> u32 {
+        MappingKey::SCOPE_BITS + self.prefix_len as u32
+    }
+    pub fn from_trie(prefix_len: u32, data: MappingKey) -> Self {
+        Self {
+            key: data,
+            prefix_len: prefix_len.saturating_sub(MappingKey::SCOPE_BITS) as u8,
         }
     }
 }
@@ -91,6 +124,11 @@ pub struct Plan {
     pub gateways: BTreeMap<u32, Gateway>,
     pub routes: BTreeMap<RouteEntryKey, Route>,
     pub groups: BTreeMap<u32, NexthopGroup>,
+    /// `IP_MAPPINGS`: all four translation directions of every tunnel's and
+    /// gateway's IP mappings.
+    pub ip_mappings: BTreeMap<MappingEntryKey, IpMapping>,
+    /// `PORT_MAPPINGS`: both directions of every gateway's port mappings.
+    pub port_mappings: BTreeMap<PortMappingKey, PortMapping>,
     pub tunnel_meta: Vec<TunnelMeta>,
     pub gateway_meta: Vec<NamedId>,
     pub connection_meta: Vec<NamedId>,
@@ -169,7 +207,7 @@ pub fn build(
                 role: port_role::CONNECTION,
                 id,
                 mac: d.mac,
-                _pad: [0; 2],
+                flags: d.port_flags,
             },
         );
         plan.connection_meta.push(NamedId {
@@ -186,7 +224,7 @@ pub fn build(
                 role: port_role::VPC,
                 id,
                 mac: d.mac,
-                _pad: [0; 2],
+                flags: d.port_flags,
             },
         );
         plan.gateways.insert(
@@ -201,6 +239,22 @@ pub fn build(
             name: g.name.clone(),
             interface: g.interface.clone(),
         });
+        // IDCs reach the VPC's original addresses through the mapped ones.
+        for m in &g.local_ip_mappings {
+            plan.ip_mappings.insert(
+                MappingEntryKey::new(mapping_kind::LOCAL_DST, id, &m.mapped),
+                ip_mapping_to(&m.original),
+            );
+            plan.ip_mappings.insert(
+                MappingEntryKey::new(mapping_kind::LOCAL_SRC, id, &m.original),
+                ip_mapping_to(&m.mapped),
+            );
+        }
+        for m in &g.local_port_mappings {
+            let (to_vpc, from_vpc) = port_mapping_entries(id, m);
+            plan.port_mappings.insert(to_vpc.0, to_vpc.1);
+            plan.port_mappings.insert(from_vpc.0, from_vpc.1);
+        }
         for cidr in &g.vpc_cidrs {
             plan.routes.insert(
                 route_key(id, cidr),
@@ -272,6 +326,39 @@ pub fn build(
                 .or_default()
                 .push(id);
         }
+        // The VPC sees this tunnel's IDC addresses as the mapped ones; the
+        // mapped prefix routes back through this tunnel alone, which is how
+        // two IDCs with the same addresses behind two tunnels are told apart.
+        // (Validation keeps mapped prefixes unique per gateway and distinct
+        // from announced routes, so the group is exactly this tunnel.)
+        for m in &t.peer_ip_mappings {
+            plan.ip_mappings.insert(
+                MappingEntryKey::new(mapping_kind::PEER_SRC, id, &m.original),
+                ip_mapping_to(&m.mapped),
+            );
+            plan.ip_mappings.insert(
+                MappingEntryKey::new(mapping_kind::PEER_DST, id, &m.mapped),
+                ip_mapping_to(&m.original),
+            );
+            members
+                .entry(route_key(gateway_id, &m.mapped))
+                .or_default()
+                .push(id);
+        }
+    }
+    if plan.ip_mappings.len() > limits::MAX_IP_MAPPINGS as usize {
+        bail!(
+            "too many IP mappings: {} map entries (two per configured mapping), the datapath holds at most {}",
+            plan.ip_mappings.len(),
+            limits::MAX_IP_MAPPINGS
+        );
+    }
+    if plan.port_mappings.len() > limits::MAX_PORT_MAPPINGS as usize {
+        bail!(
+            "too many port mappings: {} map entries (two per configured mapping), the datapath holds at most {}",
+            plan.port_mappings.len(),
+            limits::MAX_PORT_MAPPINGS
+        );
     }
 
     // Groups: one per distinct member set; ids kept per member set.
@@ -330,6 +417,42 @@ fn route_key(gateway_id: u32, net: &Ipv4Net) -> RouteEntryKey {
         addr: net.network().octets(),
         prefix_len: net.prefix_len(),
     }
+}
+
+/// Translation into `to`'s prefix, keeping the host bits.
+fn ip_mapping_to(to: &Ipv4Net) -> IpMapping {
+    IpMapping {
+        to: to.network().octets(),
+        host_mask: to.hostmask().octets(),
+    }
+}
+
+/// The TO_VPC (mapped -> original) and FROM_VPC (original -> mapped)
+/// entries of one port mapping of gateway `gateway_id`.
+fn port_mapping_entries(
+    gateway_id: u32,
+    m: &PortMappingCfg,
+) -> ((PortMappingKey, PortMapping), (PortMappingKey, PortMapping)) {
+    let entry = |from: &std::net::SocketAddrV4, to: &std::net::SocketAddrV4, dir| {
+        (
+            PortMappingKey {
+                gateway_id,
+                addr: from.ip().octets(),
+                port: from.port().to_be_bytes(),
+                protocol: m.protocol.number(),
+                dir,
+            },
+            PortMapping {
+                addr: to.ip().octets(),
+                port: to.port().to_be_bytes(),
+                _pad: [0; 2],
+            },
+        )
+    };
+    (
+        entry(&m.mapped, &m.original, port_mapping_dir::TO_VPC),
+        entry(&m.original, &m.mapped, port_mapping_dir::FROM_VPC),
+    )
 }
 
 fn lookup<'a>(
@@ -399,6 +522,7 @@ routes = ["10.0.0.0/16"]
         Some(NetDev {
             ifindex: 10 + n,
             mac: [2, 0, 0, 0, 0, n as u8],
+            port_flags: 0,
         })
     }
 

@@ -28,6 +28,9 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
+/// The fixture's ports are veths: frames answered locally leave by a
+/// redirect to the ingress port (see `port_flags::TX_VIA_REDIRECT`).
+const LOCAL_REPLY: u32 = XDP_REDIRECT;
 
 const PEER_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0, 0, 0x02];
 const VPC_HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xaa, 0x10];
@@ -227,7 +230,17 @@ impl Fixture {
     fn learn_peer(&mut self) {
         let frame = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
         let (action, _) = self.run_idc(&frame);
-        assert_eq!(action, XDP_TX);
+        assert_eq!(action, LOCAL_REPLY);
+    }
+
+    /// Re-applies the config with the connection port's flags replaced.
+    fn set_connection_port_flags(&mut self, flags: u16) {
+        let config = Config::parse(CONFIG, "fixture.toml").expect("fixture config");
+        let existing = self.dp.existing().expect("existing");
+        let mut plan = plan::build(&config, &netdev::lookup, &existing).expect("plan");
+        let conn = self.conn.ifindex;
+        plan.ports.get_mut(&conn).expect("conn0 port").flags = flags;
+        self.dp.apply(&plan).expect("apply");
     }
 }
 
@@ -456,7 +469,7 @@ fn arp_request_for_the_local_ip_is_answered_tagged_and_teaches_the_peer_mac() {
     let mut f = Fixture::new();
     let req = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
     let (action, out) = f.run_idc(&req);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, LOCAL_REPLY);
     let mut expected = Vec::new();
     tagged(f.conn.mac, PEER_MAC, 100)
         .arp(
@@ -515,7 +528,7 @@ fn icmp_echo_to_the_local_ip_is_answered() {
         .write(&mut req, b"ping payload 0123456789")
         .unwrap();
     let (action, out) = f.run_idc(&req);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, LOCAL_REPLY);
     // The reply keeps the request's IP id; etherparse's builder uses id 0,
     // as does the request, so a plain build is the exact expectation.
     let mut expected = Vec::new();
@@ -530,6 +543,18 @@ fn icmp_echo_to_the_local_ip_is_answered() {
     let (a, _) = f.run_idc(&udp_tagged(100, f.conn.mac, PEER_IP, LOCAL_IP, 64));
     assert_eq!(a, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::LocalUnsupported), 1);
+}
+
+#[test]
+fn local_replies_use_xdp_tx_on_ports_that_support_it() {
+    let mut f = Fixture::new();
+    let req = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
+    assert_eq!(f.run_idc(&req).0, XDP_REDIRECT, "veth port");
+    f.set_connection_port_flags(0);
+    let (action, out) = f.run_idc(&req);
+    assert_eq!(action, XDP_TX, "physical-NIC behaviour");
+    assert_eq!(&out[..6], &PEER_MAC, "still the ARP reply");
+    assert_eq!(f.tunnel(0).fate(Fate::ArpReplied), 2);
 }
 
 // ---- VPC -> IDC ----

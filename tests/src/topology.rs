@@ -1,0 +1,413 @@
+//! The reference topology: one gateway node between a customer's IDC and
+//! two VPCs, built from network namespaces. Used by the end-to-end tests and
+//! by `cargo xtask demo`.
+//!
+//! ```text
+//!  idchost            idc (customer router)               gw (gatewayd)              vpc-prod / vpc-test
+//!  eth0 10.0.0.5 ---- lan 10.0.0.1
+//!                     trunk    169.254.100.2 VLAN 100 ==\
+//!                     trunk200 169.254.200.2 VLAN 200 ===>= line-a (connection)
+//!                     trunk999 169.254.99.2  VLAN 999 ==/   vpc-prod 172.16.0.1 ---- eth0 172.16.0.10
+//!                                                            vpc-test 172.17.0.1 ---- eth0 172.17.0.10
+//! ```
+//! VLAN 100 is tunnel dct-a-100 to gateway dcg-prod (VPC 172.16.0.0/16),
+//! VLAN 200 is dct-a-200 to dcg-test (172.17.0.0/16); VLAN 999 is not
+//! configured (the gateway must drop it). The kernel here has no 8021q, so
+//! the router's VLAN sub-interfaces are the trunk veth plus macvlans, tagged
+//! and untagged by `gatewayd lab-vlan` (tc).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{attach_lab_vlan, veth_with, Lab, Netns, VethOptions};
+
+pub const IDC_HOST: &str = "10.0.0.5";
+pub const VPC_PROD_HOST: &str = "172.16.0.10";
+pub const VPC_TEST_HOST: &str = "172.17.0.10";
+pub const LOCAL_IP_100: &str = "169.254.100.1";
+pub const LOCAL_IP_200: &str = "169.254.200.1";
+/// Reached over VLAN 999, which the gateway does not know.
+pub const UNKNOWN_VLAN_DST: &str = "172.31.0.10";
+
+const TRUNK_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0x00, 0x01, 0x00];
+const TRUNK200_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0x00, 0x02, 0x00];
+const TRUNK999_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0x00, 0x09, 0x99];
+
+/// The example config of the demo: the issue's schema, for this topology.
+pub fn config_text(node: &str) -> String {
+    format!(
+        r#"# Example gatewayd config: one connection (trunk) carrying two tunnels
+# to two gateways (one per VPC).
+[node]
+name = "{node}"
+
+[[connection]]
+name = "line-a"
+interface = "line-a"
+
+[[gateway]]
+name = "dcg-prod"
+vpc = "vpc-prod"
+vpc_cidrs = ["172.16.0.0/16"]
+interface = "vpc-prod"
+
+[[gateway]]
+name = "dcg-test"
+vpc = "vpc-test"
+vpc_cidrs = ["172.17.0.0/16"]
+interface = "vpc-test"
+
+[[tunnel]]
+name = "dct-a-100"
+connection = "line-a"
+vlan = 100
+gateway = "dcg-prod"
+local_ip = "169.254.100.1/30"
+peer_ip = "169.254.100.2"
+routes = ["10.0.0.0/16"]
+
+[[tunnel]]
+name = "dct-a-200"
+connection = "line-a"
+vlan = 200
+gateway = "dcg-test"
+local_ip = "169.254.200.1/30"
+peer_ip = "169.254.200.2"
+routes = ["10.0.0.0/16"]
+"#
+    )
+}
+
+pub struct GatewayLab {
+    pub lab: Lab,
+    pub gw: Arc<Netns>,
+    pub idc: Arc<Netns>,
+    pub idchost: Arc<Netns>,
+    pub vpc_prod: Arc<Netns>,
+    pub vpc_test: Arc<Netns>,
+    pub gatewayd: PathBuf,
+    /// Node name (= lab prefix, unique), config file, scratch folder.
+    pub node: String,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    pub run_dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+fn quiet_namespace(ns: &Netns) -> Result<()> {
+    // No IPv6: router solicitations, MLD and DAD would be counted on the
+    // tunnels and make exact packet counts impossible.
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+    Ok(())
+}
+
+impl GatewayLab {
+    /// Builds the namespaces and links; the daemon is not started.
+    pub fn build(gatewayd: &Path) -> Result<GatewayLab> {
+        let mut lab = Lab::new()?;
+        let node = lab.prefix().to_owned();
+        let gw = lab.netns("gw")?;
+        let idc = lab.netns("idc")?;
+        let idchost = lab.netns("idchost")?;
+        let vpc_prod = lab.netns("vpcprod")?;
+        let vpc_test = lab.netns("vpctest")?;
+        for ns in [&gw, &idc, &idchost, &vpc_prod, &vpc_test] {
+            quiet_namespace(ns)?;
+        }
+        // Frames the gateway's XDP program redirects (or XDP_TXes) into a
+        // veth reach the peer only if the peer has GRO on (platform.md).
+        let into_peer = VethOptions {
+            gro_b: true,
+            ..Default::default()
+        };
+        veth_with(
+            &gw,
+            "line-a",
+            &idc,
+            "trunk",
+            &VethOptions {
+                mac_b: Some(TRUNK_MAC),
+                gro_b: true,
+                ..Default::default()
+            },
+        )?;
+        veth_with(&gw, "vpc-prod", &vpc_prod, "eth0", &into_peer)?;
+        veth_with(&gw, "vpc-test", &vpc_test, "eth0", &into_peer)?;
+        veth_with(&idc, "lan", &idchost, "eth0", &VethOptions::default())?;
+        // Frames must reach the gateway with complete checksums, as they do
+        // on a wire. A veth offloads TX checksums (CHECKSUM_PARTIAL); once
+        // XDP has turned such an skb into a raw frame and redirected it, the
+        // checksum is never completed and TCP stalls.
+        for (ns, iface) in [
+            (&idchost, "eth0"),
+            (&idc, "lan"),
+            (&idc, "trunk"),
+            (&vpc_prod, "eth0"),
+            (&vpc_test, "eth0"),
+            (&gw, "line-a"),
+            (&gw, "vpc-prod"),
+            (&gw, "vpc-test"),
+        ] {
+            ns.ethtool(&["-K", iface, "tx", "off"])?;
+        }
+
+        // The gateway node: addresses on the VPC ports (the VPCs' router),
+        // forwarding for the kernel slow path. Nothing on line-a: tunnels
+        // live only in the XDP program's maps.
+        gw.add_addr("vpc-prod", "172.16.0.1/16")?;
+        gw.add_addr("vpc-test", "172.17.0.1/16")?;
+        gw.enable_routing()?;
+
+        // VPC hosts.
+        vpc_prod.add_addr("eth0", "172.16.0.10/16")?;
+        vpc_prod.ip(&["route", "add", "default", "via", "172.16.0.1"])?;
+        vpc_test.add_addr("eth0", "172.17.0.10/16")?;
+        vpc_test.ip(&["route", "add", "default", "via", "172.17.0.1"])?;
+
+        // The customer router: one sub-interface per VLAN on the trunk.
+        idc.macvlan("trunk", "trunk200", Some(TRUNK200_MAC))?;
+        idc.macvlan("trunk", "trunk999", Some(TRUNK999_MAC))?;
+        idc.add_addr("trunk", "169.254.100.2/30")?;
+        idc.add_addr("trunk200", "169.254.200.2/30")?;
+        idc.add_addr("trunk999", "169.254.99.2/30")?;
+        idc.add_addr("lan", "10.0.0.1/24")?;
+        idc.add_route("172.16.0.0/16", "169.254.100.1")?;
+        idc.add_route("172.17.0.0/16", "169.254.200.1")?;
+        idc.add_route("172.31.0.0/16", "169.254.99.1")?;
+        idc.enable_routing()?;
+        attach_lab_vlan(
+            &idc,
+            gatewayd,
+            "trunk",
+            &[(100, TRUNK_MAC), (200, TRUNK200_MAC), (999, TRUNK999_MAC)],
+        )?;
+        idchost.add_addr("eth0", "10.0.0.5/24")?;
+        idchost.ip(&["route", "add", "default", "via", "10.0.0.1"])?;
+
+        let dir = std::env::temp_dir().join(format!("gatewayd-lab-{node}"));
+        fs::create_dir_all(&dir)?;
+        let config = dir.join("gateway.toml");
+        fs::write(&config, config_text(&node))?;
+        let run_dir = dir.join("run");
+        Ok(GatewayLab {
+            lab,
+            gw,
+            idc,
+            idchost,
+            vpc_prod,
+            vpc_test,
+            gatewayd: gatewayd.to_owned(),
+            node,
+            config,
+            dir,
+            run_dir,
+            daemon: None,
+        })
+    }
+
+    /// `gatewayd` run inside the gateway namespace. `nsenter --net` (not
+    /// `ip netns exec`) keeps the host's mounts, so the pins land in the
+    /// host's /sys/fs/bpf where bpftool and a restarted daemon find them.
+    pub fn gatewayd_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.gw.name()))
+            .arg("--")
+            .arg(&self.gatewayd)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(args);
+        cmd
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("gatewayd.log")
+    }
+
+    /// Starts `gatewayd run` and waits until it answers on its control
+    /// socket. Its log goes to `log_path()`.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        if self.daemon.is_some() {
+            bail!("daemon already running");
+        }
+        let log = fs::File::create(self.log_path())?;
+        let config = self.config.to_string_lossy().into_owned();
+        let child = self
+            .gatewayd_cmd(&["run", "-c", &config])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting gatewayd run")?;
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.daemon.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.daemon = None;
+                    bail!(
+                        "gatewayd run exited ({status}) during start:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            if self.stats_json().is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("gatewayd did not come up in 20 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait: the daemon detaches cleanly.
+    pub fn stop_daemon(&mut self) -> Result<()> {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    if !status.success() {
+                        bail!("gatewayd exited with {status}:\n{}", self.log());
+                    }
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("gatewayd did not stop within 10 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `gatewayd stats --json` of the running daemon.
+    pub fn stats_json(&self) -> Result<serde_json::Value> {
+        let out = self
+            .gatewayd_cmd(&["stats", "--json", "--node", &self.node])
+            .output()?;
+        if !out.status.success() {
+            bail!("gatewayd stats: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `gatewayd stats` (the table).
+    pub fn stats_table(&self) -> Result<String> {
+        let out = self
+            .gatewayd_cmd(&["stats", "--node", &self.node])
+            .output()?;
+        if !out.status.success() {
+            bail!("gatewayd stats: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until the datapath has learned the peer MACs of both tunnels
+    /// (from the daemon's ARP probes).
+    pub fn wait_peers_learned(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats_json()?;
+            let learned = stats["tunnels"]
+                .as_array()
+                .map(|ts| ts.iter().all(|t| t["peer_mac"].is_string()))
+                .unwrap_or(false);
+            if learned {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("peer MACs not learned within {timeout:?}: {stats}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ping` from the IDC host; returns (sent, received).
+    pub fn ping_from_idc(&self, dst: &str, count: u32) -> Result<(u32, u32)> {
+        ping(&self.idchost, dst, count)
+    }
+
+    /// Makes every neighbour entry on the path permanent, so no ARP
+    /// refresh runs while packets are being counted.
+    pub fn freeze_neighbours(&self) -> Result<()> {
+        let line_a = self.gw.mac("line-a")?;
+        let vpc_prod = self.gw.mac("vpc-prod")?;
+        let vpc_test = self.gw.mac("vpc-test")?;
+        self.idc.add_neigh("trunk", LOCAL_IP_100, line_a)?;
+        self.idc.add_neigh("trunk200", LOCAL_IP_200, line_a)?;
+        self.idc.add_neigh("trunk999", "169.254.99.1", line_a)?;
+        self.idc
+            .add_neigh("lan", IDC_HOST, self.idchost.mac("eth0")?)?;
+        self.idchost
+            .add_neigh("eth0", "10.0.0.1", self.idc.mac("lan")?)?;
+        self.vpc_prod.add_neigh("eth0", "172.16.0.1", vpc_prod)?;
+        self.vpc_test.add_neigh("eth0", "172.17.0.1", vpc_test)?;
+        self.gw
+            .add_neigh("vpc-prod", VPC_PROD_HOST, self.vpc_prod.mac("eth0")?)?;
+        self.gw
+            .add_neigh("vpc-test", VPC_TEST_HOST, self.vpc_test.mac("eth0")?)?;
+        Ok(())
+    }
+}
+
+impl Drop for GatewayLab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        // A killed daemon leaves its pins; remove them with the lab.
+        let _ = fs::remove_dir_all(Path::new("/sys/fs/bpf/gatewayd").join(&self.node));
+    }
+}
+
+/// `ping -c COUNT` in `ns`; returns (transmitted, received).
+pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<(u32, u32)> {
+    let count_s = count.to_string();
+    let out = ns
+        .command(
+            "ping",
+            &["-n", "-q", "-c", &count_s, "-i", "0.05", "-W", "1", dst],
+        )
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "5 packets transmitted, 5 received, 0% packet loss, time 4006ms"
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| format!("unexpected ping output: {text}"))?;
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    if nums.len() < 2 {
+        bail!("unexpected ping output: {line}");
+    }
+    Ok((nums[0], nums[1]))
+}

@@ -1,0 +1,241 @@
+//! End to end: the real `gatewayd run` in a gateway namespace between a
+//! customer IDC (router with an 802.1Q trunk, a host behind it) and two
+//! VPCs; real ping and TCP. See tests/src/topology.rs for the picture.
+//! Needs root; run `cargo build` first (the tests start target/*/gatewayd).
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use anyhow::Result;
+use serde_json::Value;
+use tests::{
+    gatewayd_path,
+    topology::{
+        ping, GatewayLab, IDC_HOST, LOCAL_IP_100, LOCAL_IP_200, UNKNOWN_VLAN_DST, VPC_PROD_HOST,
+        VPC_TEST_HOST,
+    },
+};
+
+fn tunnel<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["tunnels"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("tunnel {name} missing in {stats}"))
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Sends `bytes` from the IDC host to a listener on the VPC host and checks
+/// the VPC host received every byte, in order (it echoes a checksum back).
+fn tcp_transfer(
+    lab: &GatewayLab,
+    server_ns: &tests::Netns,
+    server_ip: &str,
+    bytes: usize,
+) -> Result<()> {
+    let listener = server_ns.run_in(|| Ok(TcpListener::bind((server_ip, 5001))?))?;
+    let server = std::thread::spawn(move || -> Result<(usize, u64)> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 65536];
+        let (mut total, mut sum) = (0usize, 0u64);
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                sum = sum
+                    .wrapping_mul(31)
+                    .wrapping_add(*b as u64 ^ ((total + i) as u64 & 0xff));
+            }
+            total += n;
+        }
+        s.write_all(&sum.to_be_bytes())?;
+        Ok((total, sum))
+    });
+    let server_ip = server_ip.to_owned();
+    let (sent_sum, echoed) = lab.idchost.run_in(move || {
+        let mut c = TcpStream::connect_timeout(
+            &format!("{server_ip}:5001").parse()?,
+            Duration::from_secs(5),
+        )?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+        let mut sum = 0u64;
+        for (i, b) in data.iter().enumerate() {
+            sum = sum
+                .wrapping_mul(31)
+                .wrapping_add(*b as u64 ^ (i as u64 & 0xff));
+        }
+        c.write_all(&data)?;
+        c.shutdown(std::net::Shutdown::Write)?;
+        let mut echo = [0u8; 8];
+        c.read_exact(&mut echo)?;
+        Ok((sum, u64::from_be_bytes(echo)))
+    })?;
+    let (total, sum) = server.join().expect("server thread")?;
+    assert_eq!(total, bytes, "VPC host received {total} of {bytes} bytes");
+    assert_eq!(sum, sent_sum);
+    assert_eq!(echoed, sent_sum);
+    Ok(())
+}
+
+#[test]
+fn idc_and_vpcs_talk_through_the_gateway() -> Result<()> {
+    let mut lab = GatewayLab::build(&gatewayd_path())?;
+    lab.start_daemon()?;
+    // The daemon ARPs for both customer routers; the datapath learns them.
+    lab.wait_peers_learned(Duration::from_secs(10))?;
+
+    // The customer router resolves (ARP) and pings the gateway's
+    // interconnect address on each VLAN: answered by the XDP program.
+    // (The router may already know the gateway's MAC from the daemon's ARP
+    // probe; flush it so it has to ask.)
+    lab.idc.ip(&["neigh", "flush", "all"])?;
+    assert_eq!(ping(&lab.idc, LOCAL_IP_100, 3)?, (3, 3));
+    assert_eq!(ping(&lab.idc, LOCAL_IP_200, 3)?, (3, 3));
+    let stats = lab.stats_json()?;
+    for name in ["dct-a-100", "dct-a-200"] {
+        let t = tunnel(&stats, name);
+        assert!(num(&t["answered"]["arp_replied"]) >= 1, "{t}");
+        assert_eq!(num(&t["answered"]["icmp_echo_replied"]), 3, "{t}");
+    }
+
+    // IDC host <-> VPC hosts, both tunnels on one connection, two gateways.
+    // The first packet towards each VPC host takes the kernel slow path
+    // (neighbour not resolved yet) and must not be lost.
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 5)?, (5, 5));
+    assert_eq!(lab.ping_from_idc(VPC_TEST_HOST, 5)?, (5, 5));
+    // ... and from the VPC side.
+    assert_eq!(ping(&lab.vpc_prod, IDC_HOST, 3)?, (3, 3));
+
+    // A real TCP transfer each way of the first tunnel's VPC.
+    tcp_transfer(&lab, &lab.vpc_prod, VPC_PROD_HOST, 4 << 20)?;
+    tcp_transfer(&lab, &lab.vpc_test, VPC_TEST_HOST, 1 << 20)?;
+
+    let stats = lab.stats_json()?;
+    let t100 = tunnel(&stats, "dct-a-100");
+    assert_eq!(t100["gateway"], "dcg-prod");
+    assert_eq!(t100["connection"], "line-a");
+    assert_eq!(t100["vlan"], 100);
+    // 4 MiB in at most 1500-byte packets, plus the pings.
+    assert!(num(&t100["rx_bytes"]) > 4 << 20, "{t100}");
+    assert!(num(&t100["rx_packets"]) > 2800, "{t100}");
+    let t200 = tunnel(&stats, "dct-a-200");
+    assert!(num(&t200["rx_bytes"]) > 1 << 20, "{t200}");
+    assert!(num(&t200["tx_packets"]) > 5, "{t200}");
+
+    // The datapath's own log lines (aya-log) reach the daemon's log.
+    assert!(
+        lab.log().contains("peer router MAC"),
+        "no eBPF log line in the daemon log:\n{}",
+        lab.log()
+    );
+    // The table form prints one row per tunnel.
+    let table = lab.stats_table()?;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("dct-a-100") && l.contains("dcg-prod")),
+        "{table}"
+    );
+    lab.stop_daemon()?;
+    Ok(())
+}
+
+#[test]
+fn stats_count_exactly_the_packets_sent_and_unknown_vlans_are_dropped() -> Result<()> {
+    let mut lab = GatewayLab::build(&gatewayd_path())?;
+    lab.start_daemon()?;
+    lab.wait_peers_learned(Duration::from_secs(10))?;
+    // Warm up every cache, then pin them: no ARP may run while counting.
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 2)?, (2, 2));
+    lab.freeze_neighbours()?;
+    std::thread::sleep(Duration::from_millis(200));
+
+    let before = lab.stats_json()?;
+    const N: u32 = 20;
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, N)?, (N, N));
+    // Over VLAN 999 nothing comes back: the gateway has no such tunnel.
+    assert_eq!(lab.ping_from_idc(UNKNOWN_VLAN_DST, 4)?.1, 0);
+    let after = lab.stats_json()?;
+
+    // 56 bytes of ping data: ICMP 64 + IPv4 20 + Ethernet 14 + 802.1Q 4.
+    const FRAME: u64 = 102;
+    let (b, a) = (tunnel(&before, "dct-a-100"), tunnel(&after, "dct-a-100"));
+    let delta = |k: &str| num(&a[k]) - num(&b[k]);
+    assert_eq!(
+        delta("rx_packets"),
+        N as u64,
+        "echo requests received from the IDC"
+    );
+    assert_eq!(delta("rx_bytes"), N as u64 * FRAME);
+    assert_eq!(
+        delta("tx_packets"),
+        N as u64,
+        "echo replies sent to the IDC"
+    );
+    assert_eq!(delta("tx_bytes"), N as u64 * FRAME);
+    for (reason, n) in a["drops"].as_object().expect("drops") {
+        assert_eq!(n, &b["drops"][reason], "drop counter {reason} moved");
+    }
+    let other = (tunnel(&before, "dct-a-200"), tunnel(&after, "dct-a-200"));
+    assert_eq!(
+        other.0["rx_packets"], other.1["rx_packets"],
+        "other tunnel untouched"
+    );
+
+    let conn = |s: &Value| num(&s["connections"][0]["drops"]["unknown_vlan"]);
+    assert_eq!(
+        conn(&after) - conn(&before),
+        4,
+        "unknown VLAN frames counted per connection"
+    );
+    lab.stop_daemon()?;
+    Ok(())
+}
+
+#[test]
+fn check_reports_every_error_and_run_refuses_a_missing_interface() -> Result<()> {
+    let lab = GatewayLab::build(&gatewayd_path())?;
+    let bad = lab.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        tests::topology::config_text(&lab.node)
+            .replace("vlan = 200", "vlan = 5000")
+            .replace("interface = \"vpc-test\"", "interface = \"no-such-if\""),
+    )?;
+    let bad_s = bad.to_string_lossy().into_owned();
+    let out = lab.gatewayd_cmd(&["check", "-c", &bad_s]).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml:") && err.contains("\"5000\""),
+        "{err}"
+    );
+    // check does not look at interfaces; run does, and says which.
+    std::fs::write(
+        &bad,
+        tests::topology::config_text(&lab.node)
+            .replace("interface = \"vpc-test\"", "interface = \"no-such-if\""),
+    )?;
+    let out = lab.gatewayd_cmd(&["check", "-c", &bad_s]).output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.gatewayd_cmd(&["run", "-c", &bad_s]).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no-such-if") && err.contains("no such network interface"),
+        "{err}"
+    );
+    Ok(())
+}
