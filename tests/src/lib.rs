@@ -35,6 +35,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod demo;
 pub mod topology;
 
 // ---------------------------------------------------------------------------

@@ -18,6 +18,8 @@
 
 use std::{
     fs,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -363,6 +365,68 @@ impl GatewayLab {
             .add_neigh("vpc-test", VPC_TEST_HOST, self.vpc_test.mac("eth0")?)?;
         Ok(())
     }
+}
+
+impl GatewayLab {
+    /// Sends `bytes` over TCP from the IDC host to a listener on `server_ip`
+    /// in `server_ns`, which checks every byte arrived in order (it echoes
+    /// a checksum back). Returns the transfer time.
+    pub fn tcp_transfer(
+        &self,
+        server_ns: &Netns,
+        server_ip: &str,
+        bytes: usize,
+    ) -> Result<Duration> {
+        let listener = server_ns.run_in(|| Ok(TcpListener::bind((server_ip, 5001))?))?;
+        let server = std::thread::spawn(move || -> Result<(usize, u64)> {
+            let (mut s, _) = listener.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let mut buf = vec![0u8; 65536];
+            let (mut total, mut sum) = (0usize, 0u64);
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                for b in &buf[..n] {
+                    sum = checksum_step(sum, *b, total);
+                    total += 1;
+                }
+            }
+            s.write_all(&sum.to_be_bytes())?;
+            Ok((total, sum))
+        });
+        let addr: std::net::SocketAddr = format!("{server_ip}:5001").parse()?;
+        let started = Instant::now();
+        let (sent_sum, echoed) = self.idchost.run_in(move || {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .with_context(|| format!("TCP connect to {addr}"))?;
+            c.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+            let sum = data
+                .iter()
+                .enumerate()
+                .fold(0u64, |s, (i, b)| checksum_step(s, *b, i));
+            c.write_all(&data)?;
+            c.shutdown(std::net::Shutdown::Write)?;
+            let mut echo = [0u8; 8];
+            c.read_exact(&mut echo)?;
+            Ok((sum, u64::from_be_bytes(echo)))
+        })?;
+        let elapsed = started.elapsed();
+        let (total, sum) = server
+            .join()
+            .map_err(|_| anyhow::anyhow!("TCP server thread panicked"))??;
+        if total != bytes || sum != sent_sum || echoed != sent_sum {
+            bail!("TCP transfer corrupted: {total} of {bytes} bytes arrived, checksums {sum:x}/{sent_sum:x}/{echoed:x}");
+        }
+        Ok(elapsed)
+    }
+}
+
+fn checksum_step(sum: u64, byte: u8, index: usize) -> u64 {
+    sum.wrapping_mul(31)
+        .wrapping_add(byte as u64 ^ (index as u64 & 0xff))
 }
 
 impl Drop for GatewayLab {

@@ -7,9 +7,8 @@ mod cmd;
 mod setup;
 mod test;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -40,12 +39,10 @@ enum Task {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Run setup, build, then `gatewayd demo` on a throw-away veth-namespace
-    /// topology (root only). Arguments after `--` go to `gatewayd demo`.
-    Demo {
-        #[arg(last = true)]
-        demo_args: Vec<String>,
-    },
+    /// Run setup, build, then the gateway on a throw-away veth-namespace
+    /// topology with the example config: traffic both ways, drops, stats
+    /// (root only). Cleans up, also on Ctrl-C.
+    Demo,
 }
 
 /// The workspace root: the parent of this crate's manifest directory, so the
@@ -73,11 +70,11 @@ fn main() -> ExitCode {
             quick_unit,
             test_args,
         } => test::run(quick_unit, &test_args),
-        Task::Demo { demo_args } => demo(&demo_args),
+        Task::Demo => demo(),
     }
 }
 
-fn demo(args: &[String]) -> ExitCode {
+fn demo() -> ExitCode {
     if !cmd::is_root() {
         eprintln!("cargo xtask demo: {ROOT_HINT}");
         return ExitCode::FAILURE;
@@ -101,17 +98,14 @@ fn demo(args: &[String]) -> ExitCode {
         }
     }
     let gatewayd = cmd::target_dir(&root).join("debug").join("gatewayd");
-    println!("==> {} demo", gatewayd.display());
-    // exec: gatewayd replaces this process, so its exit code (and its signal
-    // handling for Ctrl-C cleanup) is the demo's own.
-    let err = Command::new(&gatewayd)
-        .arg("demo")
-        .args(args)
-        .current_dir(&root)
-        .env("PATH", cmd::child_path())
-        .exec();
-    eprintln!("demo: cannot exec {}: {err}", gatewayd.display());
-    ExitCode::FAILURE
+    println!("==> demo with {}", gatewayd.display());
+    match tests::demo::run(&gatewayd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

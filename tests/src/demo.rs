@@ -1,0 +1,129 @@
+//! `cargo xtask demo`: the gateway's main job on a throw-away topology (see
+//! `topology`): start `gatewayd run` with the example config, send real
+//! traffic both ways over two tunnels of one trunk, show what is dropped,
+//! print the per-tunnel stats, stop, clean up (also on Ctrl-C or failure).
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+
+use crate::topology::{
+    config_text, ping, GatewayLab, IDC_HOST, LOCAL_IP_100, LOCAL_IP_200, UNKNOWN_VLAN_DST,
+    VPC_PROD_HOST, VPC_TEST_HOST,
+};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn step(title: &str) -> Result<()> {
+    check_interrupt()?;
+    println!("\n--- {title}");
+    Ok(())
+}
+
+fn show_ping(label: &str, (sent, received): (u32, u32)) {
+    println!("    {label}: {received}/{sent} replies");
+}
+
+pub fn run(gatewayd: &Path) -> Result<()> {
+    // Ctrl-C / SIGTERM: stop at the next step; dropping the lab removes the
+    // daemon, the namespaces and the pins. (ping and gatewayd get the same
+    // Ctrl-C from the terminal and end on their own.)
+    // SAFETY: installing an async-signal-safe handler (one atomic store).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    println!("Building the lab topology (network namespaces):");
+    println!(
+        r#"
+  IDC host 10.0.0.5 -- customer router ==802.1Q trunk==> [line-a] gateway node [vpc-prod] -- VPC host 172.16.0.10
+                        VLAN 100 -> tunnel dct-a-100 -> gateway dcg-prod       [vpc-test] -- VPC host 172.17.0.10
+                        VLAN 200 -> tunnel dct-a-200 -> gateway dcg-test
+                        VLAN 999 -> (not configured: dropped)"#
+    );
+    let mut lab = GatewayLab::build(gatewayd)?;
+    println!("\nExample config ({}):\n", lab.config.display());
+    for line in config_text(&lab.node).lines() {
+        println!("    {line}");
+    }
+
+    step("gatewayd run -c gateway.toml (in the gateway namespace)")?;
+    lab.start_daemon()?;
+    lab.wait_peers_learned(Duration::from_secs(10))?;
+    println!(
+        "    running; maps pinned under /sys/fs/bpf/gatewayd/{}/",
+        lab.node
+    );
+    println!("    customer routers' MACs learned from the daemon's tagged ARP probes");
+
+    step("customer router -> gateway interconnect addresses (ARP + ping answered in XDP)")?;
+    lab.idc.ip(&["neigh", "flush", "all"])?;
+    show_ping(
+        &format!("ping {LOCAL_IP_100} (VLAN 100)"),
+        ping(&lab.idc, LOCAL_IP_100, 3)?,
+    );
+    show_ping(
+        &format!("ping {LOCAL_IP_200} (VLAN 200)"),
+        ping(&lab.idc, LOCAL_IP_200, 3)?,
+    );
+
+    step("IDC host <-> VPC hosts, two tunnels on one line, two gateways")?;
+    show_ping(
+        &format!("{IDC_HOST} -> {VPC_PROD_HOST} (dct-a-100 / dcg-prod)"),
+        lab.ping_from_idc(VPC_PROD_HOST, 5)?,
+    );
+    show_ping(
+        &format!("{IDC_HOST} -> {VPC_TEST_HOST} (dct-a-200 / dcg-test)"),
+        lab.ping_from_idc(VPC_TEST_HOST, 5)?,
+    );
+    show_ping(
+        &format!("{VPC_PROD_HOST} -> {IDC_HOST} (from the VPC side)"),
+        ping(&lab.vpc_prod, IDC_HOST, 5)?,
+    );
+
+    step("TCP: 16 MiB from the IDC host to the VPC host, every byte checked")?;
+    let bytes = 16 << 20;
+    let took = lab.tcp_transfer(&lab.vpc_prod, VPC_PROD_HOST, bytes)?;
+    println!(
+        "    {} MiB in {:.2} s ({:.0} Mbit/s through veth and the XDP program)",
+        bytes >> 20,
+        took.as_secs_f64(),
+        bytes as f64 * 8.0 / took.as_secs_f64() / 1e6
+    );
+
+    step("IDC host -> 172.31.0.10 over VLAN 999, which no tunnel uses")?;
+    show_ping(
+        &format!("{IDC_HOST} -> {UNKNOWN_VLAN_DST}"),
+        lab.ping_from_idc(UNKNOWN_VLAN_DST, 3)?,
+    );
+    println!("    (dropped by the gateway; counted as unknown_vlan on connection line-a)");
+
+    step("gatewayd stats")?;
+    print!("{}", lab.stats_table()?);
+
+    step("eBPF-side log lines in the daemon's log")?;
+    for line in lab.log().lines().filter(|l| l.contains("peer router MAC")) {
+        println!("    {line}");
+    }
+
+    step("stopping gatewayd (SIGTERM: detaches XDP, removes its pins) and the lab")?;
+    lab.stop_daemon()?;
+    drop(lab);
+    println!("    done");
+    Ok(())
+}
