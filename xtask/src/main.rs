@@ -99,7 +99,7 @@ fn demo() -> ExitCode {
     }
     let gatewayd = cmd::target_dir(&root).join("debug").join("gatewayd");
     println!("==> demo with {}", gatewayd.display());
-    match tests::demo::run(&gatewayd) {
+    match ::tests::demo::run(&gatewayd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo failed: {e:#}");
