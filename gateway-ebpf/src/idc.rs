@@ -2,6 +2,7 @@
 //!
 //! parse Ethernet + 802.1Q -> (connection, VLAN) selects the tunnel ->
 //! ARP / ICMP echo for the tunnel's own address answered locally ->
+//! NAT (peer mapping on the source, local/port mapping on the destination) ->
 //! route lookup in the tunnel's gateway table -> TTL, tag removed, MACs
 //! from the kernel FIB -> redirect to the gateway's VPC port.
 
@@ -18,6 +19,7 @@ use crate::{
     forward::{self, VpcNeighbour, DROP, PASS},
     local,
     maps::{GATEWAYS, ROUTES, TUNNEL_BY_VLAN},
+    nat,
     packet::{self, frame_len, ptr_at, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, VLAN_ETH_LEN},
 };
 
@@ -80,6 +82,11 @@ fn ipv4(
     local::learn_peer(ctx, tunnel, src_mac);
     if ip.dst() == tunnel.local_ip {
         return local::to_local(ctx, ifindex, port, tunnel, &ip);
+    }
+    // Translate first: the route lookup is for the VPC address.
+    if let Err(fate) = nat::idc_to_vpc(ctx, tunnel.id, tunnel.gateway_id, &ip) {
+        counters::fate(owner, fate);
+        return DROP;
     }
     let key = Key::new(
         RouteKey::GATEWAY_BITS + 32,

@@ -9,6 +9,7 @@ mod forward;
 mod idc;
 mod local;
 mod maps;
+mod nat;
 mod packet;
 mod vpc;
 

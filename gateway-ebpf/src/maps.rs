@@ -7,7 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    limits::*, Counters, Gateway, NexthopGroup, PeerNeigh, Port, Route, RouteKey, Tunnel, VlanKey,
+    limits::*, Counters, Gateway, IpMapping, MappingKey, NexthopGroup, PeerNeigh, Port,
+    PortMapping, PortMappingKey, Route, RouteKey, Tunnel, VlanKey,
 };
 
 /// ifindex -> what the port is (connection trunk or VPC port) and its MAC.
@@ -53,3 +54,16 @@ pub static GATEWAY_COUNTERS: PerCpuArray<Counters, { MAX_GATEWAYS as usize }> = 
 /// Frames on ports the config does not know (slot 0 only).
 #[btf_map]
 pub static NODE_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+/// Stateless IP mappings of every tunnel and gateway, both directions
+/// (`MappingKey.kind`); longest prefix wins, host bits are kept.
+#[btf_map]
+pub static IP_MAPPINGS: LpmTrie<MappingKey, IpMapping, { MAX_IP_MAPPINGS as usize }> =
+    LpmTrie::new();
+
+/// Stateless IP:port mappings, both directions (`PortMappingKey.dir`). An
+/// entry with port 0 marks an address that has port mappings, so a
+/// fragment without ports can be recognised as belonging to one.
+#[btf_map]
+pub static PORT_MAPPINGS: HashMap<PortMappingKey, PortMapping, { MAX_PORT_MAPPINGS as usize }> =
+    HashMap::new();

@@ -34,6 +34,8 @@ fn bounds(ctx: &XdpContext) -> (usize, usize) {
     }
 }
 
+/// Use with types of 2 bytes or more: LLVM turns a 1-byte check into
+/// `p >= data_end`, from which the verifier proves no readable byte.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let (start, end) = bounds(ctx);

@@ -1,7 +1,7 @@
 //! VPC -> IDC: frames arriving on a gateway's VPC port.
 //!
 //! route lookup in the gateway's table -> next-hop group -> one tunnel per
-//! flow -> TTL, 802.1Q tag pushed, peer MAC set -> redirect to the tunnel's
+//! flow -> NAT (reverse mappings) -> TTL, 802.1Q tag pushed, peer MAC set -> redirect to the tunnel's
 //! connection port. Everything not routed to a tunnel belongs to the node
 //! and goes to the kernel.
 
@@ -13,6 +13,7 @@ use crate::{
     counters::{self, Owner},
     forward::{self, DROP, PASS},
     maps::{NEXTHOP_GROUPS, PEER_NEIGH, ROUTES, TUNNELS},
+    nat,
     packet::{self, frame_len, ptr_at, Ipv4, ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -91,6 +92,10 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
             return DROP;
         }
     };
+    if let Err(fate) = nat::vpc_to_idc(ctx, tunnel.id, port.id, &ip) {
+        counters::fate(owner, fate);
+        return DROP;
+    }
     forward::decrement_ttl(&ip);
     if !forward::push_vlan(ctx, tunnel.vlan, peer, tunnel.connection_mac) {
         counters::fate(owner, Fate::Malformed);

@@ -127,7 +127,9 @@ pub struct Plan {
     /// `IP_MAPPINGS`: all four translation directions of every tunnel's and
     /// gateway's IP mappings.
     pub ip_mappings: BTreeMap<MappingEntryKey, IpMapping>,
-    /// `PORT_MAPPINGS`: both directions of every gateway's port mappings.
+    /// `PORT_MAPPINGS`: both directions of every gateway's port mappings,
+    /// plus a port-0 marker per (gateway, address, protocol, direction)
+    /// that has any.
     pub port_mappings: BTreeMap<PortMappingKey, PortMapping>,
     pub tunnel_meta: Vec<TunnelMeta>,
     pub gateway_meta: Vec<NamedId>,
@@ -252,8 +254,26 @@ pub fn build(
         }
         for m in &g.local_port_mappings {
             let (to_vpc, from_vpc) = port_mapping_entries(id, m);
-            plan.port_mappings.insert(to_vpc.0, to_vpc.1);
-            plan.port_mappings.insert(from_vpc.0, from_vpc.1);
+            for (key, value) in [to_vpc, from_vpc] {
+                // The port-0 marker (ports are never 0 in the config) tells
+                // the datapath this address has port mappings, so a later
+                // fragment (no ports) to or from it is not passed
+                // half-translated. Its value is the identity, harmless if
+                // a packet with port 0 ever looks it up.
+                let marker = PortMappingKey {
+                    port: [0; 2],
+                    ..key
+                };
+                plan.port_mappings.insert(
+                    marker,
+                    PortMapping {
+                        addr: key.addr,
+                        port: [0; 2],
+                        _pad: [0; 2],
+                    },
+                );
+                plan.port_mappings.insert(key, value);
+            }
         }
         for cidr in &g.vpc_cidrs {
             plan.routes.insert(
@@ -355,7 +375,7 @@ pub fn build(
     }
     if plan.port_mappings.len() > limits::MAX_PORT_MAPPINGS as usize {
         bail!(
-            "too many port mappings: {} map entries (two per configured mapping), the datapath holds at most {}",
+            "too many port mappings: {} map entries (two per configured mapping, plus one marker per address, protocol and direction), the datapath holds at most {}",
             plan.port_mappings.len(),
             limits::MAX_PORT_MAPPINGS
         );
@@ -619,5 +639,270 @@ routes = ["10.0.0.0/16"]
         assert_eq!(k.trie_prefix_len(), 48);
         assert_eq!(k.data().gateway, [0, 0, 1, 2]);
         assert_eq!(RouteEntryKey::from_trie(48, k.data()), k);
+    }
+
+    /// Two IDCs with the same address plan (10.0.0.0/24) behind two tunnels
+    /// of one gateway, told apart by their mapped prefixes; a host mapping;
+    /// a local IP mapping and a port mapping.
+    const NAT: &str = r#"
+[node]
+name = "gw-1"
+
+[[connection]]
+name = "line-a"
+interface = "eth1"
+
+[[gateway]]
+name = "dcg-prod"
+vpc = "vpc-prod"
+vpc_cidrs = ["172.16.0.0/16"]
+interface = "eth2"
+
+[[gateway.local_ip_mapping]]
+original = "172.16.1.0/24"
+mapped   = "192.168.50.0/24"
+
+[[gateway.local_port_mapping]]
+protocol = "tcp"
+original = "172.16.0.10:80"
+mapped   = "192.168.60.1:8080"
+
+[[tunnel]]
+name = "idc-a"
+connection = "line-a"
+vlan = 100
+gateway = "dcg-prod"
+local_ip = "169.254.100.1/30"
+peer_ip = "169.254.100.2"
+routes = ["10.0.0.0/24"]
+
+[[tunnel.peer_ip_mapping]]
+original = "10.0.0.0/24"
+mapped   = "100.64.1.0/24"
+
+[[tunnel.peer_ip_mapping]]
+original = "10.9.9.9"
+mapped   = "100.64.9.9"
+
+[[tunnel]]
+name = "idc-b"
+connection = "line-a"
+vlan = 200
+gateway = "dcg-prod"
+local_ip = "169.254.200.1/30"
+peer_ip = "169.254.200.2"
+routes = ["10.0.0.0/24"]
+
+[[tunnel.peer_ip_mapping]]
+original = "10.0.0.0/24"
+mapped   = "100.64.2.0/24"
+"#;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("test prefix")
+    }
+
+    fn route(gateway_id: u32, s: &str) -> RouteEntryKey {
+        route_key(gateway_id, &net(s))
+    }
+
+    fn mapping(kind: u8, owner: u32, s: &str) -> MappingEntryKey {
+        MappingEntryKey::new(kind, owner, &net(s))
+    }
+
+    #[test]
+    fn overlapping_idcs_are_told_apart_by_their_mapped_prefixes() {
+        let plan = plan_of(NAT, &Existing::default());
+        let (a, b) = (
+            plan.tunnel_by_vlan[&(11, 100)].id,
+            plan.tunnel_by_vlan[&(11, 200)].id,
+        );
+        let group_of = |key: &RouteEntryKey| {
+            let r = plan.routes[key];
+            assert_eq!(r.kind, nexthop_kind::TUNNELS, "{key:?}");
+            let g = plan.groups[&r.group];
+            g.tunnels[..g.count as usize].to_vec()
+        };
+        // Both announce 10.0.0.0/24: one route, both tunnels.
+        assert_eq!(group_of(&route(0, "10.0.0.0/24")), vec![a, b]);
+        // Replies to the mapped prefixes go back through their own tunnel.
+        assert_eq!(group_of(&route(0, "100.64.1.0/24")), vec![a]);
+        assert_eq!(group_of(&route(0, "100.64.9.9/32")), vec![a]);
+        assert_eq!(group_of(&route(0, "100.64.2.0/24")), vec![b]);
+        // VPC + announced + 3 mapped prefixes; groups {a,b}, {a}, {b}.
+        assert_eq!(plan.routes.len(), 5);
+        assert_eq!(plan.groups.len(), 3);
+
+        let to = |to: [u8; 4], host_mask: [u8; 4]| IpMapping { to, host_mask };
+        let expected: BTreeMap<MappingEntryKey, IpMapping> = [
+            // IDC -> VPC source, per tunnel: same original, different result.
+            (
+                mapping(mapping_kind::PEER_SRC, a, "10.0.0.0/24"),
+                to([100, 64, 1, 0], [0, 0, 0, 255]),
+            ),
+            (
+                mapping(mapping_kind::PEER_SRC, b, "10.0.0.0/24"),
+                to([100, 64, 2, 0], [0, 0, 0, 255]),
+            ),
+            (
+                mapping(mapping_kind::PEER_SRC, a, "10.9.9.9/32"),
+                to([100, 64, 9, 9], [0; 4]),
+            ),
+            // VPC -> IDC destination, per tunnel.
+            (
+                mapping(mapping_kind::PEER_DST, a, "100.64.1.0/24"),
+                to([10, 0, 0, 0], [0, 0, 0, 255]),
+            ),
+            (
+                mapping(mapping_kind::PEER_DST, b, "100.64.2.0/24"),
+                to([10, 0, 0, 0], [0, 0, 0, 255]),
+            ),
+            (
+                mapping(mapping_kind::PEER_DST, a, "100.64.9.9/32"),
+                to([10, 9, 9, 9], [0; 4]),
+            ),
+            // The gateway's own addresses, per gateway.
+            (
+                mapping(mapping_kind::LOCAL_DST, 0, "192.168.50.0/24"),
+                to([172, 16, 1, 0], [0, 0, 0, 255]),
+            ),
+            (
+                mapping(mapping_kind::LOCAL_SRC, 0, "172.16.1.0/24"),
+                to([192, 168, 50, 0], [0, 0, 0, 255]),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(plan.ip_mappings, expected);
+
+        let src = plan.ip_mappings[&mapping(mapping_kind::PEER_SRC, b, "10.0.0.0/24")];
+        assert_eq!(src.apply([10, 0, 0, 7]), [100, 64, 2, 7]);
+    }
+
+    #[test]
+    fn host_mapping_has_no_host_bits() {
+        let plan = plan_of(NAT, &Existing::default());
+        let a = plan.tunnel_by_vlan[&(11, 100)].id;
+        let k = mapping(mapping_kind::PEER_SRC, a, "10.9.9.9/32");
+        assert_eq!(k.prefix_len, 32);
+        assert_eq!(k.trie_prefix_len(), 64);
+        assert_eq!(plan.ip_mappings[&k].host_mask, [0; 4]);
+    }
+
+    #[test]
+    fn port_mappings_translate_both_ways() {
+        let plan = plan_of(NAT, &Existing::default());
+        let expected: BTreeMap<PortMappingKey, PortMapping> = [
+            (
+                PortMappingKey {
+                    gateway_id: 0,
+                    addr: [192, 168, 60, 1],
+                    port: 8080u16.to_be_bytes(),
+                    protocol: 6,
+                    dir: port_mapping_dir::TO_VPC,
+                },
+                PortMapping {
+                    addr: [172, 16, 0, 10],
+                    port: 80u16.to_be_bytes(),
+                    _pad: [0; 2],
+                },
+            ),
+            (
+                PortMappingKey {
+                    gateway_id: 0,
+                    addr: [172, 16, 0, 10],
+                    port: 80u16.to_be_bytes(),
+                    protocol: 6,
+                    dir: port_mapping_dir::FROM_VPC,
+                },
+                PortMapping {
+                    addr: [192, 168, 60, 1],
+                    port: 8080u16.to_be_bytes(),
+                    _pad: [0; 2],
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let (markers, mappings): (BTreeMap<_, _>, BTreeMap<_, _>) = plan
+            .port_mappings
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| k.port == [0; 2]);
+        assert_eq!(mappings, expected);
+        // One marker per address, protocol and direction, mapping to itself.
+        let marker = |addr: [u8; 4], dir| {
+            (
+                PortMappingKey {
+                    gateway_id: 0,
+                    addr,
+                    port: [0; 2],
+                    protocol: 6,
+                    dir,
+                },
+                PortMapping {
+                    addr,
+                    port: [0; 2],
+                    _pad: [0; 2],
+                },
+            )
+        };
+        assert_eq!(
+            markers,
+            [
+                marker([192, 168, 60, 1], port_mapping_dir::TO_VPC),
+                marker([172, 16, 0, 10], port_mapping_dir::FROM_VPC),
+            ]
+            .into_iter()
+            .collect()
+        );
+        // Owners are ids: a gateway kept at id 4 owns its mappings as 4.
+        let mut existing = Existing::default();
+        existing.gateways.insert(12, 4);
+        let plan = plan_of(NAT, &existing);
+        assert!(plan.port_mappings.keys().all(|k| k.gateway_id == 4));
+        assert!(plan.ip_mappings.contains_key(&mapping(
+            mapping_kind::LOCAL_DST,
+            4,
+            "192.168.50.0/24"
+        )));
+    }
+
+    #[test]
+    fn mapping_entry_key_round_trips_through_trie_form() {
+        let k = MappingEntryKey::new(mapping_kind::PEER_DST, 258, &net("100.64.1.0/24"));
+        assert_eq!(k.trie_prefix_len(), 56);
+        assert_eq!(k.key.owner, [0, 1, 2]);
+        assert_eq!(k.key.addr, [100, 64, 1, 0]);
+        assert_eq!(MappingEntryKey::from_trie(56, k.key), k);
+    }
+
+    #[test]
+    fn plan_without_mappings_has_no_mapping_entries() {
+        let plan = plan_of(EXAMPLE, &Existing::default());
+        assert!(plan.ip_mappings.is_empty() && plan.port_mappings.is_empty());
+    }
+
+    /// 100,000 peer mappings (the scale target) on one tunnel: each adds
+    /// two IP_MAPPINGS entries and one route, all sharing one group.
+    #[test]
+    fn plan_holds_100k_mappings() {
+        let mut config = Config::parse(NAT, "t.toml").expect("valid");
+        let base = u32::from(std::net::Ipv4Addr::new(100, 80, 0, 0));
+        config.tunnels[0].peer_ip_mappings = (0..100_000u32)
+            .map(|i| crate::config::IpMappingCfg {
+                original: Ipv4Net::from(std::net::Ipv4Addr::from(0x0a80_0000 + i)),
+                mapped: Ipv4Net::from(std::net::Ipv4Addr::from(base + i)),
+                line: 0,
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let plan = build(&config, &netdev, &Existing::default()).expect("plan");
+        println!("planned 100000 peer mappings in {:?}", started.elapsed());
+        // 100,000 tunnel A + 2 tunnel B + 2 local.
+        assert_eq!(plan.ip_mappings.len(), 200_004);
+        // VPC + announced + 100,000 + 1 mapped.
+        assert_eq!(plan.routes.len(), 100_003);
+        assert_eq!(plan.groups.len(), 3);
     }
 }
