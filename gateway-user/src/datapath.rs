@@ -567,3 +567,146 @@ pub struct ApplyStats {
     pub changed: usize,
     pub removed: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        config::{Config, IpMappingCfg},
+        plan::{self, NetDev},
+    };
+
+    const NAT: &str = r#"
+[node]
+name = "gw-1"
+
+[[connection]]
+name = "line-a"
+interface = "eth1"
+
+[[gateway]]
+name = "dcg-prod"
+vpc = "vpc-prod"
+vpc_cidrs = ["172.16.0.0/16"]
+interface = "eth2"
+
+[[gateway.local_ip_mapping]]
+original = "172.16.1.0/24"
+mapped   = "192.168.50.0/24"
+
+[[gateway.local_port_mapping]]
+protocol = "tcp"
+original = "172.16.0.10:80"
+mapped   = "192.168.60.1:8080"
+
+[[tunnel]]
+name = "idc-a"
+connection = "line-a"
+vlan = 100
+gateway = "dcg-prod"
+local_ip = "169.254.100.1/30"
+peer_ip = "169.254.100.2"
+routes = ["10.0.0.0/24"]
+
+[[tunnel.peer_ip_mapping]]
+original = "10.0.0.0/24"
+mapped   = "100.64.1.0/24"
+"#;
+
+    /// Interfaces that need not exist: the maps are filled, nothing is
+    /// attached.
+    fn netdev(name: &str) -> Option<NetDev> {
+        let n: u32 = name.strip_prefix("eth")?.parse().ok()?;
+        Some(NetDev {
+            ifindex: 1000 + n,
+            mac: [2, 0, 0, 0, 0, n as u8],
+            port_flags: 0,
+        })
+    }
+
+    fn plan_of(config: &Config, dp: &Datapath) -> Plan {
+        let existing = dp.existing().expect("existing ids");
+        plan::build(config, &netdev, &existing).expect("plan")
+    }
+
+    /// Applies NAT plans to real maps and reads them back: additions,
+    /// changes and removals land, the map contents equal the plan, and
+    /// 100,000 mappings load in seconds. Needs root and a bpffs at
+    /// /sys/fs/bpf (`cargo xtask setup`); run with
+    /// `cargo test -p gateway-user -- --ignored --nocapture nat_maps`.
+    #[test]
+    #[ignore = "needs root and a bpffs: run by the kernel tier of `cargo xtask test`"]
+    fn nat_maps_apply_as_a_diff() {
+        let pin_dir = Path::new("/sys/fs/bpf")
+            .join("gatewayd-unit")
+            .join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let object = crate::ebpf::gateway_object().expect("eBPF object");
+        let mut dp = Datapath::load(object, &pin_dir).unwrap_or_else(|e| panic!("{e:#}"));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut config = Config::parse(NAT, "t.toml").expect("valid");
+            let plan = plan_of(&config, &dp);
+            assert!(!plan.ip_mappings.is_empty() && !plan.port_mappings.is_empty());
+            dp.apply(&plan).expect("apply");
+            let read = dp.read_config_maps().expect("read");
+            assert_eq!(read.ip_mappings, plan.ip_mappings);
+            assert_eq!(read.port_mappings, plan.port_mappings);
+            assert_eq!(read.routes, plan.routes);
+
+            // Change one mapping, drop the port mapping: a diff.
+            config.tunnels[0].peer_ip_mappings[0].mapped = "100.64.7.0/24".parse().unwrap();
+            config.gateways[0].local_port_mappings.clear();
+            let plan2 = plan_of(&config, &dp);
+            let stats = dp.apply(&plan2).expect("apply changed");
+            let read = dp.read_config_maps().expect("read");
+            assert_eq!(read.ip_mappings, plan2.ip_mappings);
+            assert!(read.port_mappings.is_empty());
+            assert_eq!(read.routes, plan2.routes);
+            // PEER_SRC value, PEER_DST key, the mapped route: written;
+            // old PEER_DST, old route, 4 port entries: removed.
+            assert_eq!((stats.changed, stats.removed), (3, 6), "{stats:?}");
+            let again = dp.apply(&plan2).expect("apply unchanged");
+            assert_eq!((again.changed, again.removed), (0, 0));
+
+            // The scale target: 100,000 peer mappings.
+            config.tunnels[0].peer_ip_mappings = (0..100_000u32)
+                .map(|i| IpMappingCfg {
+                    original: Ipv4Addr::from(0x0a80_0000 + i).into(),
+                    mapped: Ipv4Addr::from(0x6450_0000 + i).into(),
+                    line: 0,
+                })
+                .collect();
+            let plan3 = plan_of(&config, &dp);
+            let started = std::time::Instant::now();
+            let stats = dp.apply(&plan3).expect("apply 100k");
+            println!(
+                "applied 100000 peer mappings ({} map writes, {} removals) in {:?}",
+                stats.changed,
+                stats.removed,
+                started.elapsed()
+            );
+            let read = dp.read_config_maps().expect("read");
+            assert_eq!(read.ip_mappings.len(), plan3.ip_mappings.len());
+            assert_eq!(read.routes.len(), plan3.routes.len());
+
+            // Back to no NAT at all: every entry is removed.
+            let plain = Plan {
+                ip_mappings: BTreeMap::new(),
+                port_mappings: BTreeMap::new(),
+                ..plan2.clone()
+            };
+            let started = std::time::Instant::now();
+            dp.apply(&plain).expect("apply without NAT");
+            println!("removed them in {:?}", started.elapsed());
+            let read = dp.read_config_maps().expect("read");
+            assert!(read.ip_mappings.is_empty() && read.port_mappings.is_empty());
+        }));
+        drop(dp);
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}

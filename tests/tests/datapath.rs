@@ -7,33 +7,13 @@
 //! refer to: `conn0` (a connection trunk port), `vpc0` / `vpc1` (two
 //! gateways' VPC ports). Needs root; fails loudly without it.
 
-use std::{
-    fs::File,
-    os::fd::AsRawFd,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-};
+mod common;
+
+use common::*;
 
 use etherparse::{ArpEthIpv4Packet, ArpOperation, IpNumber, Ipv4Header, PacketBuilder, VlanId};
-use gateway_common::{map_names as names, Counters, Fate};
-use gateway_user::{
-    config::Config,
-    datapath::Datapath,
-    ebpf, netdev,
-    plan::{self, Existing, NetDev},
-};
+use gateway_common::{Counters, Fate};
 
-const XDP_ABORTED: u32 = 0;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-/// The fixture's ports are veths: frames answered locally leave by a
-/// redirect to the ingress port (see `port_flags::TX_VIA_REDIRECT`).
-const LOCAL_REPLY: u32 = XDP_REDIRECT;
-
-const PEER_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0, 0, 0x02];
-const VPC_HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xaa, 0x10];
 const VPC_HOST: [u8; 4] = [172, 16, 0, 10];
 const IDC_HOST: [u8; 4] = [10, 0, 0, 5];
 const LOCAL_IP: [u8; 4] = [169, 254, 100, 1];
@@ -78,240 +58,11 @@ peer_ip = "169.254.200.2"
 routes = ["10.0.0.0/16"]
 "#;
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A namespace with the gateway's ports, the program loaded into it and the
-/// maps filled from `CONFIG`.
-struct Fixture {
-    ns: String,
-    dp: Datapath,
-    conn: NetDev,
-    vpc0: NetDev,
-    vpc1: NetDev,
-    host_ns: File,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "the datapath fixtures need root (BPF_PROG_TEST_RUN, network namespaces)"
-        );
-        static N: AtomicU32 = AtomicU32::new(0);
-        let ns = format!(
-            "gwfix{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        sh(&["ip", "netns", "add", &ns]);
-        let ipn = |args: &[&str]| {
-            let mut v = vec!["ip", "-n", ns.as_str()];
-            v.extend_from_slice(args);
-            sh(&v);
-        };
-        ipn(&["link", "set", "lo", "up"]);
-        for (a, b) in [("conn0", "conn0p"), ("vpc0", "vpc0p"), ("vpc1", "vpc1p")] {
-            ipn(&["link", "add", a, "type", "veth", "peer", "name", b]);
-            ipn(&["link", "set", a, "up"]);
-            ipn(&["link", "set", b, "up"]);
-        }
-        ipn(&["addr", "add", "172.16.0.1/16", "dev", "vpc0"]);
-        ipn(&["addr", "add", "172.17.0.1/16", "dev", "vpc1"]);
-        ipn(&[
-            "neigh",
-            "replace",
-            "172.16.0.10",
-            "lladdr",
-            "02:00:00:00:aa:10",
-            "dev",
-            "vpc0",
-            "nud",
-            "permanent",
-        ]);
-        ipn(&[
-            "neigh",
-            "replace",
-            "172.17.0.10",
-            "lladdr",
-            "02:00:00:00:bb:10",
-            "dev",
-            "vpc1",
-            "nud",
-            "permanent",
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.forwarding=1",
-        ]);
-
-        // Enter the namespace on this thread only: BPF_PROG_TEST_RUN resolves
-        // the ingress ifindex and the FIB in the caller's namespace.
-        let host_ns = File::open("/proc/thread-self/ns/net").expect("own netns");
-        let target = File::open(format!("/run/netns/{ns}")).expect("netns file");
-        assert_eq!(
-            unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns: {}",
-            std::io::Error::last_os_error()
-        );
-
-        let bpffs = std::path::Path::new("/sys/fs/bpf");
-        gateway_user::datapath::check_bpffs(bpffs).expect("bpffs (cargo xtask setup mounts it)");
-        let pin_dir = bpffs.join("gatewayd-fixtures").join(&ns);
-        let mut dp = Datapath::load(ebpf::gateway_object().expect("object"), &pin_dir)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let config = Config::parse(CONFIG, "fixture.toml").expect("fixture config");
-        let plan = plan::build(&config, &netdev::lookup, &Existing::default()).expect("plan");
-        dp.apply(&plan).expect("apply");
-        let dev = |n: &str| netdev::lookup(n).unwrap_or_else(|| panic!("{n} missing"));
-        Fixture {
-            conn: dev("conn0"),
-            vpc0: dev("vpc0"),
-            vpc1: dev("vpc1"),
-            ns,
-            dp,
-            host_ns,
-        }
-    }
-
-    fn run(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let (action, out) = self
-            .dp
-            .test_run(frame, ifindex)
-            .unwrap_or_else(|e| panic!("test run: {e:#}"));
-        assert_ne!(action, XDP_ABORTED, "XDP_ABORTED for {frame:02x?}");
-        (action, out)
-    }
-
-    fn run_idc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let i = self.conn.ifindex;
-        self.run(frame, i)
-    }
-
-    fn run_vpc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let i = self.vpc0.ifindex;
-        self.run(frame, i)
-    }
-
-    fn counters(&self, map: &str, id: u32) -> Counters {
-        self.dp
-            .counters(map, std::iter::once(id))
-            .expect("counters")[&id]
-    }
-    fn tunnel(&self, id: u32) -> Counters {
-        self.counters(names::TUNNEL_COUNTERS, id)
-    }
-    fn connection(&self) -> Counters {
-        self.counters(names::CONNECTION_COUNTERS, 0)
-    }
-    fn gateway(&self, id: u32) -> Counters {
-        self.counters(names::GATEWAY_COUNTERS, id)
-    }
-
-    /// Teaches the datapath the peer router's MAC on VLAN 100 (as its first
-    /// ARP request would).
-    fn learn_peer(&mut self) {
-        let frame = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
-        let (action, _) = self.run_idc(&frame);
-        assert_eq!(action, LOCAL_REPLY);
-    }
-
-    /// Re-applies the config with the connection port's flags replaced.
-    fn set_connection_port_flags(&mut self, flags: u16) {
-        let config = Config::parse(CONFIG, "fixture.toml").expect("fixture config");
-        let existing = self.dp.existing().expect("existing");
-        let mut plan = plan::build(&config, &netdev::lookup, &existing).expect("plan");
-        let conn = self.conn.ifindex;
-        plan.ports.get_mut(&conn).expect("conn0 port").flags = flags;
-        self.dp.apply(&plan).expect("apply");
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        unsafe { libc::setns(self.host_ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        let dir = self.dp.pin_dir().to_owned();
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-    }
-}
-
-// ---- frame builders (etherparse computes every length and checksum) ----
-
-fn tagged(
-    src: [u8; 6],
-    dst: [u8; 6],
-    vlan: u16,
-) -> etherparse::PacketBuilderStep<etherparse::VlanHeader> {
-    PacketBuilder::ethernet2(src, dst).single_vlan(VlanId::try_new(vlan).unwrap())
-}
-
-fn udp_tagged(vlan: u16, dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
-    let mut v = Vec::new();
-    tagged(PEER_MAC, dst_mac, vlan)
-        .ipv4(src, dst, ttl)
-        .udp(40000, 53)
-        .write(&mut v, b"direct connect payload")
-        .unwrap();
-    v
-}
-
-fn udp_untagged(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: [u8; 4],
-    dst: [u8; 4],
-    ttl: u8,
-) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src, dst, ttl)
-        .udp(40000, 53)
-        .write(&mut v, b"direct connect payload")
-        .unwrap();
-    v
-}
-
-fn arp_request(vlan: u16, sender_mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut v = Vec::new();
-    tagged(sender_mac, [0xff; 6], vlan)
-        .arp(
-            ArpEthIpv4Packet {
-                operation: ArpOperation::REQUEST,
-                sender_mac,
-                sender_ipv4: sender,
-                target_mac: [0; 6],
-                target_ipv4: target,
-            }
-            .into(),
-        )
-        .write(&mut v)
-        .unwrap();
-    v
-}
-
 // ---- IDC -> VPC ----
 
 #[test]
 fn idc_to_vpc_is_untagged_ttl_decremented_and_redirected_to_the_vpc_port() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let conn_mac = f.conn.mac;
     let frame = udp_tagged(100, conn_mac, IDC_HOST, VPC_HOST, 64);
     let (action, out) = f.run_idc(&frame);
@@ -332,7 +83,7 @@ fn idc_to_vpc_is_untagged_ttl_decremented_and_redirected_to_the_vpc_port() {
 
 #[test]
 fn ip_options_are_forwarded_untouched() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, IDC_HOST, VPC_HOST).unwrap();
     ip.options = [1u8, 1, 1, 0][..].try_into().unwrap(); // NOP NOP NOP EOL
     let mut frame = Vec::new();
@@ -357,7 +108,7 @@ fn ip_options_are_forwarded_untouched() {
 
 #[test]
 fn second_tunnel_on_the_same_connection_reaches_the_other_gateway() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let frame = udp_tagged(200, f.conn.mac, IDC_HOST, [172, 17, 0, 10], 64);
     let (action, out) = f.run_idc(&frame);
     assert_eq!(action, XDP_REDIRECT);
@@ -379,7 +130,7 @@ fn second_tunnel_on_the_same_connection_reaches_the_other_gateway() {
 
 #[test]
 fn unresolved_vpc_neighbour_goes_to_the_kernel_untagged() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let dst = [172, 16, 0, 99]; // connected, but no neighbour entry
     let frame = udp_tagged(100, f.conn.mac, IDC_HOST, dst, 64);
     let (action, out) = f.run_idc(&frame);
@@ -392,7 +143,7 @@ fn unresolved_vpc_neighbour_goes_to_the_kernel_untagged() {
 
 #[test]
 fn ttl_expiry_no_route_and_other_hosts_are_counted_drops() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let m = f.conn.mac;
     for ttl in [0, 1] {
         let (a, _) = f.run_idc(&udp_tagged(100, m, IDC_HOST, VPC_HOST, ttl));
@@ -413,7 +164,7 @@ fn ttl_expiry_no_route_and_other_hosts_are_counted_drops() {
 
 #[test]
 fn unknown_vlan_untagged_and_non_ipv4_are_counted_drops() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let m = f.conn.mac;
     let (a, _) = f.run_idc(&udp_tagged(999, m, IDC_HOST, VPC_HOST, 64));
     assert_eq!(a, XDP_DROP);
@@ -435,7 +186,7 @@ fn unknown_vlan_untagged_and_non_ipv4_are_counted_drops() {
 
 #[test]
 fn truncated_and_malformed_frames_land_on_counted_verdicts() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let good = udp_tagged(100, f.conn.mac, IDC_HOST, VPC_HOST, 64);
     // Below an Ethernet header the kernel itself refuses the frame (no
     // driver delivers one either), so the program never sees it.
@@ -466,7 +217,7 @@ fn truncated_and_malformed_frames_land_on_counted_verdicts() {
 
 #[test]
 fn arp_request_for_the_local_ip_is_answered_tagged_and_teaches_the_peer_mac() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let req = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
     let (action, out) = f.run_idc(&req);
     assert_eq!(action, LOCAL_REPLY);
@@ -498,7 +249,7 @@ fn arp_request_for_the_local_ip_is_answered_tagged_and_teaches_the_peer_mac() {
 
 #[test]
 fn arp_reply_to_a_probe_is_consumed_and_learned() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let mut reply = Vec::new();
     tagged(PEER_MAC, f.conn.mac, 100)
         .arp(
@@ -520,7 +271,7 @@ fn arp_reply_to_a_probe_is_consumed_and_learned() {
 
 #[test]
 fn icmp_echo_to_the_local_ip_is_answered() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let mut req = Vec::new();
     tagged(PEER_MAC, f.conn.mac, 100)
         .ipv4(PEER_IP, LOCAL_IP, 61)
@@ -547,7 +298,7 @@ fn icmp_echo_to_the_local_ip_is_answered() {
 
 #[test]
 fn local_replies_use_xdp_tx_on_ports_that_support_it() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let req = arp_request(100, PEER_MAC, PEER_IP, LOCAL_IP);
     assert_eq!(f.run_idc(&req).0, XDP_REDIRECT, "veth port");
     f.set_connection_port_flags(0);
@@ -561,8 +312,8 @@ fn local_replies_use_xdp_tx_on_ports_that_support_it() {
 
 #[test]
 fn vpc_to_idc_is_tagged_ttl_decremented_and_redirected_to_the_connection() {
-    let mut f = Fixture::new();
-    f.learn_peer();
+    let mut f = Fixture::new(CONFIG);
+    f.learn_peer(100, PEER_IP, LOCAL_IP);
     let frame = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, IDC_HOST, 64);
     let (action, out) = f.run_vpc(&frame);
     assert_eq!(action, XDP_REDIRECT);
@@ -580,7 +331,7 @@ fn vpc_to_idc_is_tagged_ttl_decremented_and_redirected_to_the_connection() {
 
 #[test]
 fn vpc_to_idc_without_a_learned_peer_mac_is_a_counted_drop() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     let frame = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, IDC_HOST, 64);
     assert_eq!(f.run_vpc(&frame).0, XDP_DROP);
     assert_eq!(f.tunnel(0).fate(Fate::PeerMacUnknown), 1);
@@ -591,7 +342,7 @@ fn vpc_to_idc_without_a_learned_peer_mac_is_a_counted_drop() {
 
 #[test]
 fn vpc_traffic_for_the_node_goes_to_the_kernel() {
-    let mut f = Fixture::new();
+    let mut f = Fixture::new(CONFIG);
     // ARP from a VPC host
     let mut arp = Vec::new();
     PacketBuilder::ethernet2(VPC_HOST_MAC, [0xff; 6])
@@ -652,8 +403,8 @@ fn all_fates(f: &Fixture) -> (u64, u64) {
 
 #[test]
 fn thousands_of_random_frames_never_abort_and_every_drop_is_counted() {
-    let mut f = Fixture::new();
-    f.learn_peer();
+    let mut f = Fixture::new(CONFIG);
+    f.learn_peer(100, PEER_IP, LOCAL_IP);
     let seeds = [
         udp_tagged(100, f.conn.mac, IDC_HOST, VPC_HOST, 64),
         udp_tagged(200, f.conn.mac, IDC_HOST, [172, 17, 0, 10], 2),

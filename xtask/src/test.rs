@@ -101,6 +101,25 @@ pub fn run(quick_unit: bool, test_args: &[String]) -> ExitCode {
         }),
     ));
     if !quick_unit {
+        // The daemon's own map tests need root and a bpffs, so the unit
+        // tier marks them #[ignore]; this step runs exactly those.
+        steps.push((
+            "daemon map tests",
+            Box::new(move || {
+                cargo_step("daemon map tests", |c| {
+                    c.args([
+                        "test",
+                        "-p",
+                        "gateway-user",
+                        "--lib",
+                        "--",
+                        "--ignored",
+                        "--test-threads=1",
+                    ])
+                    .env("RUST_BACKTRACE", "1");
+                })
+            }),
+        ));
         steps.push((
             "kernel tests",
             Box::new(move || {
