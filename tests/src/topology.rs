@@ -41,9 +41,77 @@ pub const UNKNOWN_VLAN_DST: &str = "172.31.0.10";
 const TRUNK_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0x00, 0x01, 0x00];
 const TRUNK200_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0x00, 0x02, 0x00];
 const TRUNK999_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0x00, 0x09, 0x99];
+const TRUNK_B_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0x0b, 0x01, 0x00];
 
 /// The example config of the demo: the issue's schema, for this topology.
 pub fn config_text(node: &str) -> String {
+    config_for(node, Scenario::Basic)
+}
+
+/// Which lab to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// One IDC, one trunk, two tunnels to two gateways.
+    Basic,
+    /// Basic plus a second IDC on a second line using the same 10.0.0.0/24,
+    /// told apart by peer IP mappings; the VPC side published through a
+    /// local IP mapping and a port mapping.
+    OverlappingIdcs,
+}
+
+pub const IDC_B_LOCAL_IP: &str = "169.254.110.1";
+/// How the VPC sees IDC A's and IDC B's 10.0.0.5.
+pub const IDC_A_HOST_MAPPED: &str = "100.64.1.5";
+pub const IDC_B_HOST_MAPPED: &str = "100.64.2.5";
+/// The VPC web service 172.16.0.10:80 as IDCs see it.
+pub const WEB_MAPPED: &str = "192.168.60.1:8080";
+/// A second VPC host address, in the local IP mapping's range, and how
+/// IDCs see it.
+pub const VPC_MAPPED_HOST: &str = "172.16.1.7";
+pub const VPC_MAPPED_HOST_AS_SEEN: &str = "192.168.50.7";
+
+const NAT_CONFIG: &str = r#"
+# A second customer IDC on its own line, with the same private range as the
+# first: both are published into the VPC under distinct prefixes.
+[[connection]]
+name = "line-b"
+interface = "line-b"
+
+[[tunnel]]
+name = "dct-b-100"
+connection = "line-b"
+vlan = 100
+gateway = "dcg-prod"
+local_ip = "169.254.110.1/30"
+peer_ip = "169.254.110.2"
+# The VPC reaches this IDC only through the mapped prefix.
+routes = []
+
+[[tunnel.peer_ip_mapping]]
+original = "10.0.0.0/24"
+mapped = "100.64.2.0/24"
+"#;
+
+pub fn config_for(node: &str, scenario: Scenario) -> String {
+    let basic = basic_config(node);
+    if scenario == Scenario::Basic {
+        return basic;
+    }
+    // IDC A's tunnel gets its own peer mapping; dcg-prod publishes a VPC
+    // range and a web service to the IDCs.
+    basic
+        .replace(
+            "routes = [\"10.0.0.0/16\"]\n\n[[tunnel]]\nname = \"dct-a-200\"",
+            "routes = []\n\n[[tunnel.peer_ip_mapping]]\noriginal = \"10.0.0.0/24\"\nmapped = \"100.64.1.0/24\"\n\n[[tunnel]]\nname = \"dct-a-200\"",
+        )
+        .replace(
+            "interface = \"vpc-prod\"\n",
+            "interface = \"vpc-prod\"\n\n[[gateway.local_ip_mapping]]\noriginal = \"172.16.1.0/24\"\nmapped = \"192.168.50.0/24\"\n\n[[gateway.local_port_mapping]]\nprotocol = \"tcp\"\noriginal = \"172.16.0.10:80\"\nmapped = \"192.168.60.1:8080\"\n",
+        )
+        + NAT_CONFIG
+}
+
+fn basic_config(node: &str) -> String {
     format!(
         r#"# Example gatewayd config: one connection (trunk) carrying two tunnels
 # to two gateways (one per VPC).
@@ -94,6 +162,9 @@ pub struct GatewayLab {
     pub idchost: Arc<Netns>,
     pub vpc_prod: Arc<Netns>,
     pub vpc_test: Arc<Netns>,
+    /// The second IDC (router, host) of `Scenario::OverlappingIdcs`.
+    pub idc_b: Option<(Arc<Netns>, Arc<Netns>)>,
+    pub scenario: Scenario,
     pub gatewayd: PathBuf,
     /// Node name (= lab prefix, unique), config file, scratch folder.
     pub node: String,
@@ -114,6 +185,10 @@ fn quiet_namespace(ns: &Netns) -> Result<()> {
 impl GatewayLab {
     /// Builds the namespaces and links; the daemon is not started.
     pub fn build(gatewayd: &Path) -> Result<GatewayLab> {
+        Self::build_scenario(gatewayd, Scenario::Basic)
+    }
+
+    pub fn build_scenario(gatewayd: &Path, scenario: Scenario) -> Result<GatewayLab> {
         let mut lab = Lab::new()?;
         let node = lab.prefix().to_owned();
         let gw = lab.netns("gw")?;
@@ -194,10 +269,56 @@ impl GatewayLab {
         idchost.add_addr("eth0", "10.0.0.5/24")?;
         idchost.ip(&["route", "add", "default", "via", "10.0.0.1"])?;
 
+        let idc_b = if scenario == Scenario::OverlappingIdcs {
+            // What IDC A reaches through dcg-prod's mappings.
+            idc.add_route("192.168.50.0/24", "169.254.100.1")?;
+            idc.add_route("192.168.60.0/24", "169.254.100.1")?;
+            vpc_prod.add_addr("eth0", "172.16.1.7/16")?;
+            // IDC B: the same addresses as IDC A, on its own line.
+            let router = lab.netns("idcb")?;
+            let host = lab.netns("idchostb")?;
+            for ns in [&router, &host] {
+                quiet_namespace(ns)?;
+            }
+            veth_with(
+                &gw,
+                "line-b",
+                &router,
+                "trunk",
+                &VethOptions {
+                    mac_b: Some(TRUNK_B_MAC),
+                    gro_b: true,
+                    ..Default::default()
+                },
+            )?;
+            veth_with(&router, "lan", &host, "eth0", &VethOptions::default())?;
+            for (ns, iface) in [
+                (&host, "eth0"),
+                (&router, "lan"),
+                (&router, "trunk"),
+                (&gw, "line-b"),
+            ] {
+                ns.ethtool(&["-K", iface, "tx", "off"])?;
+            }
+            gw.enable_routing()?;
+            router.add_addr("trunk", "169.254.110.2/30")?;
+            router.add_addr("lan", "10.0.0.1/24")?;
+            for dst in ["172.16.0.0/16", "192.168.50.0/24", "192.168.60.0/24"] {
+                router.add_route(dst, "169.254.110.1")?;
+            }
+            router.enable_routing()?;
+            attach_lab_vlan(&router, gatewayd, "trunk", &[(100, TRUNK_B_MAC)])?;
+            host.add_addr("eth0", "10.0.0.5/24")?;
+            host.ip(&["route", "add", "default", "via", "10.0.0.1"])?;
+            Some((router, host))
+        } else {
+            None
+        };
+
         let dir = std::env::temp_dir().join(format!("gatewayd-lab-{node}"));
         fs::create_dir_all(&dir)?;
         let config = dir.join("gateway.toml");
-        fs::write(&config, config_text(&node))?;
+        fs::write(&config, config_for(&node, scenario))?;
         let run_dir = dir.join("run");
         Ok(GatewayLab {
             lab,
@@ -206,6 +327,8 @@ impl GatewayLab {
             idchost,
             vpc_prod,
             vpc_test,
+            idc_b,
+            scenario,
             gatewayd: gatewayd.to_owned(),
             node,
             config,
@@ -474,4 +597,18 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<(u32, u32)> {
         bail!("unexpected ping output: {line}");
     }
     Ok((nums[0], nums[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_idcs_config_extends_the_basic_one() {
+        let c = config_for("n", Scenario::OverlappingIdcs);
+        assert!(c.contains("mapped = \"100.64.1.0/24\""), "{c}");
+        assert!(c.contains("mapped = \"192.168.60.1:8080\""), "{c}");
+        assert!(c.contains("name = \"dct-b-100\""), "{c}");
+        assert_eq!(c.matches("[[tunnel.peer_ip_mapping]]").count(), 2, "{c}");
+    }
 }
