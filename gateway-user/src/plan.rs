@@ -153,6 +153,34 @@ fn allocate(used: &BTreeSet<u32>, limit: u32, what: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("too many {what}: the datapath holds at most {limit}"))
 }
 
+/// Ids for named objects on ports: an object keeps the id the maps already
+/// hold for its port (ifindex); the others take the lowest free ids.
+fn assign_ids<'a>(
+    items: impl Iterator<Item = Result<(&'a str, NetDev)>>,
+    existing: &BTreeMap<u32, u32>,
+    limit: u32,
+    what: &str,
+) -> Result<BTreeMap<String, (u32, NetDev)>> {
+    let mut ids = BTreeMap::new();
+    let mut used: BTreeSet<u32> = BTreeSet::new();
+    let mut pending = Vec::new();
+    for item in items {
+        let (name, d) = item?;
+        match existing.get(&d.ifindex) {
+            Some(&id) if used.insert(id) => {
+                ids.insert(name.to_owned(), (id, d));
+            }
+            _ => pending.push((name, d)),
+        }
+    }
+    for (name, d) in pending {
+        let id = allocate(&used, limit, what)?;
+        used.insert(id);
+        ids.insert(name.to_owned(), (id, d));
+    }
+    Ok(ids)
+}
+
 /// Builds the plan. `netdev` resolves interface names (the config has been
 /// checked for missing interfaces already; a miss here is still an error).
 pub fn build(
@@ -163,43 +191,25 @@ pub fn build(
     let mut plan = Plan::default();
     let dev = |name: &str| netdev(name).ok_or_else(|| anyhow!("interface {name} does not exist"));
 
-    // Connections: id kept per trunk port.
-    let mut connection_ids = BTreeMap::new();
-    let mut used: BTreeSet<u32> = BTreeSet::new();
-    let mut pending = Vec::new();
-    for c in &config.connections {
-        let d = dev(&c.interface)?;
-        match existing.connections.get(&d.ifindex) {
-            Some(&id) if used.insert(id) => {
-                connection_ids.insert(c.name.clone(), (id, d));
-            }
-            _ => pending.push((c, d)),
-        }
-    }
-    for (c, d) in pending {
-        let id = allocate(&used, limits::MAX_CONNECTIONS, "connections")?;
-        used.insert(id);
-        connection_ids.insert(c.name.clone(), (id, d));
-    }
-
-    // Gateways: id kept per VPC port.
-    let mut gateway_ids = BTreeMap::new();
-    let mut used: BTreeSet<u32> = BTreeSet::new();
-    let mut pending = Vec::new();
-    for g in &config.gateways {
-        let d = dev(&g.interface)?;
-        match existing.gateways.get(&d.ifindex) {
-            Some(&id) if used.insert(id) => {
-                gateway_ids.insert(g.name.clone(), (id, d));
-            }
-            _ => pending.push((g, d)),
-        }
-    }
-    for (g, d) in pending {
-        let id = allocate(&used, limits::MAX_GATEWAYS, "gateways")?;
-        used.insert(id);
-        gateway_ids.insert(g.name.clone(), (id, d));
-    }
+    // Connections keep their id per trunk port, gateways per VPC port.
+    let connection_ids = assign_ids(
+        config
+            .connections
+            .iter()
+            .map(|c| Ok((c.name.as_str(), dev(&c.interface)?))),
+        &existing.connections,
+        limits::MAX_CONNECTIONS,
+        "connections",
+    )?;
+    let gateway_ids = assign_ids(
+        config
+            .gateways
+            .iter()
+            .map(|g| Ok((g.name.as_str(), dev(&g.interface)?))),
+        &existing.gateways,
+        limits::MAX_GATEWAYS,
+        "gateways",
+    )?;
 
     for c in &config.connections {
         let (id, d) = connection_ids[&c.name];
