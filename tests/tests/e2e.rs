@@ -178,5 +178,25 @@ fn check_reports_every_error_and_run_refuses_a_missing_interface() -> Result<()>
         err.contains("no-such-if") && err.contains("no such network interface"),
         "{err}"
     );
+
+    // Without privileges: a clear refusal, not a kernel errno.
+    let good = lab.dir.join("good.toml");
+    std::fs::write(&good, tests::topology::config_text(&lab.node))?;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.gw.name()))
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(&lab.gatewayd)
+        .args(["--run-dir", "/tmp", "run", "-c"])
+        .arg(&good)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("needs root"), "{err}");
     Ok(())
 }
