@@ -232,7 +232,18 @@ pub async fn run(config_path: &Path, paths: &Paths) -> Result<()> {
     claim_socket(&socket_path).await?;
 
     let pin_dir = datapath::pin_dir(&paths.bpffs, &node);
-    let mut dp = Datapath::load(ebpf::gateway_object()?, &pin_dir)?;
+    let pins_existed = pin_dir.exists();
+    let mut dp = match Datapath::load(ebpf::gateway_object()?, &pin_dir) {
+        Ok(dp) => dp,
+        Err(e) => {
+            // aya pins the maps before the verifier sees the program: a
+            // failed first start must not leave them behind.
+            if !pins_existed {
+                let _ = std::fs::remove_dir_all(&pin_dir);
+            }
+            return Err(e);
+        }
+    };
     let logger = dp.take_logger();
     let mut state = State {
         config_path: config_path.to_owned(),

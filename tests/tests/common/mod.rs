@@ -45,8 +45,22 @@ pub fn sh(args: &[&str]) {
 
 /// A namespace with the gateway's ports, the program loaded into it and the
 /// maps filled from `CONFIG`.
+/// Deletes the fixture's namespace and pins however the fixture ends, also
+/// when its setup panics half way (e.g. the verifier rejects the program
+/// after aya has already created and pinned the maps).
+struct NsGuard(String, Option<std::path::PathBuf>);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        if let Some(pins) = &self.1 {
+            let _ = std::fs::remove_dir_all(pins);
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
 pub struct Fixture {
-    ns: String,
+    ns: NsGuard,
     pub dp: Datapath,
     pub conn: NetDev,
     pub vpc0: NetDev,
@@ -70,6 +84,7 @@ impl Fixture {
         );
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         sh(&["ip", "netns", "add", &ns]);
+        let mut guard = NsGuard(ns.clone(), None);
         let ipn = |args: &[&str]| {
             let mut v = vec!["ip", "-n", ns.as_str()];
             v.extend_from_slice(args);
@@ -141,6 +156,7 @@ impl Fixture {
         let bpffs = std::path::Path::new("/sys/fs/bpf");
         gateway_user::datapath::check_bpffs(bpffs).expect("bpffs (cargo xtask setup mounts it)");
         let pin_dir = bpffs.join("gatewayd-fixtures").join(&ns);
+        guard.1 = Some(pin_dir.clone());
         let mut dp = Datapath::load(ebpf::gateway_object().expect("object"), &pin_dir)
             .unwrap_or_else(|e| panic!("{e:#}"));
         let parsed = Config::parse(config, "fixture.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -151,7 +167,7 @@ impl Fixture {
             conn: dev("conn0"),
             vpc0: dev("vpc0"),
             vpc1: dev("vpc1"),
-            ns,
+            ns: guard,
             dp,
             host_ns,
             config: config.to_owned(),
@@ -216,7 +232,7 @@ impl Drop for Fixture {
         unsafe { libc::setns(self.host_ns.as_raw_fd(), libc::CLONE_NEWNET) };
         let dir = self.dp.pin_dir().to_owned();
         let _ = std::fs::remove_dir_all(&dir);
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        // The namespace goes with `self.ns` (NsGuard).
     }
 }
 
