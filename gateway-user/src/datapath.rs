@@ -276,176 +276,123 @@ impl Datapath {
                 self.reset_tunnel_state(*id)?;
             }
         }
-        // 2. groups, tunnels, gateways (arrays: upsert in place)
+        // 2. groups, tunnels, gateways (arrays: upsert in place), mappings
         {
             let mut groups: Array<_, NexthopGroup> =
                 Array::try_from(self.map_mut(names::NEXTHOP_GROUPS)?)?;
-            for (id, g) in &plan.groups {
-                if current.groups.get(id) != Some(g) {
-                    groups.set(*id, g, 0).context("writing a next-hop group")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.groups, &current.groups, |id, g| {
+                groups.set(*id, g, 0).context("writing a next-hop group")
+            })?;
         }
         {
             let mut tunnels: Array<_, Tunnel> = Array::try_from(self.map_mut(names::TUNNELS)?)?;
-            for (id, t) in &plan.tunnels {
-                if current.tunnels.get(id) != Some(t) {
-                    tunnels.set(*id, t, 0).context("writing a tunnel")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.tunnels, &current.tunnels, |id, t| {
+                tunnels.set(*id, t, 0).context("writing a tunnel")
+            })?;
         }
         {
             let mut gateways: Array<_, Gateway> = Array::try_from(self.map_mut(names::GATEWAYS)?)?;
-            for (id, g) in &plan.gateways {
-                if current.gateways.get(id) != Some(g) {
-                    gateways.set(*id, g, 0).context("writing a gateway")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.gateways, &current.gateways, |id, g| {
+                gateways.set(*id, g, 0).context("writing a gateway")
+            })?;
         }
         if !plan.ip_mappings.is_empty() || !current.ip_mappings.is_empty() {
             let mut mappings: LpmTrie<_, MappingKey, IpMapping> =
                 LpmTrie::try_from(self.map_mut(names::IP_MAPPINGS)?)?;
-            for (k, m) in &plan.ip_mappings {
-                if current.ip_mappings.get(k) != Some(m) {
-                    mappings
-                        .insert(&Key::new(k.trie_prefix_len(), k.key), m, 0)
-                        .context("writing an IP mapping")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.ip_mappings, &current.ip_mappings, |k, m| {
+                mappings
+                    .insert(&Key::new(k.trie_prefix_len(), k.key), m, 0)
+                    .context("writing an IP mapping")
+            })?;
         }
         if !plan.port_mappings.is_empty() || !current.port_mappings.is_empty() {
             let mut mappings: HashMap<_, PortMappingKey, PortMapping> =
                 HashMap::try_from(self.map_mut(names::PORT_MAPPINGS)?)?;
-            for (k, m) in &plan.port_mappings {
-                if current.port_mappings.get(k) != Some(m) {
-                    mappings.insert(k, m, 0).context("writing a port mapping")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.port_mappings, &current.port_mappings, |k, m| {
+                mappings.insert(k, m, 0).context("writing a port mapping")
+            })?;
         }
         // 3. ports, classifier, routes: upserts
         {
             let mut ports: HashMap<_, u32, Port> = HashMap::try_from(self.map_mut(names::PORTS)?)?;
-            for (ifindex, p) in &plan.ports {
-                if current.ports.get(ifindex) != Some(p) {
-                    ports.insert(ifindex, p, 0).context("writing a port")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.ports, &current.ports, |ifindex, p| {
+                ports.insert(ifindex, p, 0).context("writing a port")
+            })?;
         }
         {
             let mut by_vlan: HashMap<_, VlanKey, Tunnel> =
                 HashMap::try_from(self.map_mut(names::TUNNEL_BY_VLAN)?)?;
-            for (k, t) in &plan.tunnel_by_vlan {
-                if current.tunnel_by_vlan.get(k) != Some(t) {
-                    by_vlan
-                        .insert(Plan::vlan_key(*k), t, 0)
-                        .context("writing the VLAN classifier")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.tunnel_by_vlan, &current.tunnel_by_vlan, |k, t| {
+                by_vlan
+                    .insert(Plan::vlan_key(*k), t, 0)
+                    .context("writing the VLAN classifier")
+            })?;
         }
         {
             let mut routes: LpmTrie<_, RouteKey, Route> =
                 LpmTrie::try_from(self.map_mut(names::ROUTES)?)?;
-            for (k, r) in &plan.routes {
-                if current.routes.get(k) != Some(r) {
-                    routes
-                        .insert(&Key::new(k.trie_prefix_len(), k.data()), r, 0)
-                        .context("writing a route")?;
-                    stats.changed += 1;
-                }
-            }
+            stats.changed += upserts(&plan.routes, &current.routes, |k, r| {
+                routes
+                    .insert(&Key::new(k.trie_prefix_len(), k.data()), r, 0)
+                    .context("writing a route")
+            })?;
             // 4. removals, referencing entries first
-            for k in current.routes.keys() {
-                if !plan.routes.contains_key(k) {
-                    routes
-                        .remove(&Key::new(k.trie_prefix_len(), k.data()))
-                        .context("removing a route")?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.routes, &plan.routes, |k| {
+                routes
+                    .remove(&Key::new(k.trie_prefix_len(), k.data()))
+                    .context("removing a route")
+            })?;
         }
         {
             let mut by_vlan: HashMap<_, VlanKey, Tunnel> =
                 HashMap::try_from(self.map_mut(names::TUNNEL_BY_VLAN)?)?;
-            for k in current.tunnel_by_vlan.keys() {
-                if !plan.tunnel_by_vlan.contains_key(k) {
-                    by_vlan.remove(&Plan::vlan_key(*k))?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.tunnel_by_vlan, &plan.tunnel_by_vlan, |k| {
+                Ok(by_vlan.remove(&Plan::vlan_key(*k))?)
+            })?;
         }
         {
             let mut ports: HashMap<_, u32, Port> = HashMap::try_from(self.map_mut(names::PORTS)?)?;
-            for ifindex in current.ports.keys() {
-                if !plan.ports.contains_key(ifindex) {
-                    ports.remove(ifindex)?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.ports, &plan.ports, |ifindex| {
+                Ok(ports.remove(ifindex)?)
+            })?;
         }
-        if current
-            .ip_mappings
-            .keys()
-            .any(|k| !plan.ip_mappings.contains_key(k))
-        {
+        // (The NAT maps may be absent from the object; a non-empty current
+        // content means they were read, so they exist.)
+        if !current.ip_mappings.is_empty() {
             let mut mappings: LpmTrie<_, MappingKey, IpMapping> =
                 LpmTrie::try_from(self.map_mut(names::IP_MAPPINGS)?)?;
-            for k in current.ip_mappings.keys() {
-                if !plan.ip_mappings.contains_key(k) {
-                    mappings
-                        .remove(&Key::new(k.trie_prefix_len(), k.key))
-                        .context("removing an IP mapping")?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.ip_mappings, &plan.ip_mappings, |k| {
+                mappings
+                    .remove(&Key::new(k.trie_prefix_len(), k.key))
+                    .context("removing an IP mapping")
+            })?;
         }
-        if current
-            .port_mappings
-            .keys()
-            .any(|k| !plan.port_mappings.contains_key(k))
-        {
+        if !current.port_mappings.is_empty() {
             let mut mappings: HashMap<_, PortMappingKey, PortMapping> =
                 HashMap::try_from(self.map_mut(names::PORT_MAPPINGS)?)?;
-            for k in current.port_mappings.keys() {
-                if !plan.port_mappings.contains_key(k) {
-                    mappings.remove(k).context("removing a port mapping")?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.port_mappings, &plan.port_mappings, |k| {
+                mappings.remove(k).context("removing a port mapping")
+            })?;
         }
+        // Arrays have no removal: a slot is cleared to its inactive value.
         {
             let mut tunnels: Array<_, Tunnel> = Array::try_from(self.map_mut(names::TUNNELS)?)?;
-            for id in current.tunnels.keys() {
-                if !plan.tunnels.contains_key(id) {
-                    tunnels.set(*id, Tunnel::default(), 0)?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.tunnels, &plan.tunnels, |id| {
+                Ok(tunnels.set(*id, Tunnel::default(), 0)?)
+            })?;
         }
         {
             let mut gateways: Array<_, Gateway> = Array::try_from(self.map_mut(names::GATEWAYS)?)?;
-            for id in current.gateways.keys() {
-                if !plan.gateways.contains_key(id) {
-                    gateways.set(*id, Gateway::default(), 0)?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.gateways, &plan.gateways, |id| {
+                Ok(gateways.set(*id, Gateway::default(), 0)?)
+            })?;
         }
         {
             let mut groups: Array<_, NexthopGroup> =
                 Array::try_from(self.map_mut(names::NEXTHOP_GROUPS)?)?;
-            for id in current.groups.keys() {
-                if !plan.groups.contains_key(id) {
-                    groups.set(*id, NexthopGroup::default(), 0)?;
-                    stats.removed += 1;
-                }
-            }
+            stats.removed += removals(&current.groups, &plan.groups, |id| {
+                Ok(groups.set(*id, NexthopGroup::default(), 0)?)
+            })?;
         }
         debug!(?stats, "applied plan");
         Ok(stats)
@@ -542,6 +489,40 @@ impl Datapath {
     ) -> Result<BTreeMap<u32, Counters>> {
         read_counters(self.map(map)?, ids)
     }
+}
+
+/// Writes (with `write`) every entry of `want` that `have` lacks or holds
+/// differently; returns how many were written.
+fn upserts<K: Ord, V: PartialEq>(
+    want: &BTreeMap<K, V>,
+    have: &BTreeMap<K, V>,
+    mut write: impl FnMut(&K, &V) -> Result<()>,
+) -> Result<usize> {
+    let mut n = 0;
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            write(k, v)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Removes (with `remove`) every key of `have` that `want` lacks; returns
+/// how many were removed.
+fn removals<K: Ord, V, W>(
+    have: &BTreeMap<K, V>,
+    want: &BTreeMap<K, W>,
+    mut remove: impl FnMut(&K) -> Result<()>,
+) -> Result<usize> {
+    let mut n = 0;
+    for k in have.keys() {
+        if !want.contains_key(k) {
+            remove(k)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Sums a per-CPU counter array's slots over CPUs.
