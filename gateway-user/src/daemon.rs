@@ -63,18 +63,15 @@ impl State {
     /// detach removed ports, write the maps (as a diff), attach new ports.
     fn converge(&mut self, config: &Config) -> Result<()> {
         let existing = self.dp.existing()?;
+        // Built before anything changes: a config the plan rejects (e.g.
+        // too many tunnels) leaves the datapath untouched.
         let plan = plan::build(config, &netdev::lookup, &existing)?;
-        let mut wanted: BTreeMap<u32, String> = BTreeMap::new();
-        for c in &config.connections {
-            if let Some(d) = netdev::lookup(&c.interface) {
-                wanted.insert(d.ifindex, c.interface.clone());
-            }
-        }
-        for g in &config.gateways {
-            if let Some(d) = netdev::lookup(&g.interface) {
-                wanted.insert(d.ifindex, g.interface.clone());
-            }
-        }
+        let wanted: BTreeMap<u32, String> = plan
+            .connection_meta
+            .iter()
+            .chain(&plan.gateway_meta)
+            .map(|m| (m.ifindex, m.interface.clone()))
+            .collect();
         let removed: Vec<u32> = self
             .ports
             .keys()
@@ -127,9 +124,6 @@ impl State {
                 config.node.name
             );
         }
-        // Plan first: a config the plan rejects (e.g. too many tunnels)
-        // leaves the datapath untouched.
-        plan::build(&config, &netdev::lookup, &self.dp.existing()?)?;
         self.converge(&config)
     }
 

@@ -113,6 +113,8 @@ pub struct NamedId {
     pub id: u32,
     pub name: String,
     pub interface: String,
+    /// The interface's ifindex when the plan was built.
+    pub ifindex: u32,
 }
 
 /// Desired contents of every configuration map.
@@ -226,6 +228,7 @@ pub fn build(
             id,
             name: c.name.clone(),
             interface: c.interface.clone(),
+            ifindex: d.ifindex,
         });
     }
     for g in &config.gateways {
@@ -250,6 +253,7 @@ pub fn build(
             id,
             name: g.name.clone(),
             interface: g.interface.clone(),
+            ifindex: d.ifindex,
         });
         // IDCs reach the VPC's original addresses through the mapped ones.
         for m in &g.local_ip_mappings {
