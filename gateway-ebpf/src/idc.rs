@@ -84,7 +84,13 @@ fn ipv4(
         return local::to_local(ctx, ifindex, port, tunnel, &ip);
     }
     // Translate first: the route lookup is for the VPC address.
-    if let Err(fate) = nat::idc_to_vpc(ctx, tunnel.id, tunnel.gateway_id, &ip) {
+    if let Err(fate) = nat::translate(
+        ctx,
+        &ip,
+        nat::Direction::ToVpc,
+        tunnel.id,
+        tunnel.gateway_id,
+    ) {
         counters::fate(owner, fate);
         return DROP;
     }

@@ -23,7 +23,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     csum,
     maps::{IP_MAPPINGS, PORT_MAPPINGS},
-    packet::{ptr_at, Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{ports, ptr_at, Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -85,16 +85,62 @@ fn is_icmp_error(ctx: &XdpContext, ip: &Ipv4) -> bool {
     t == ICMP_DEST_UNREACH || t == ICMP_TIME_EXCEEDED || t == ICMP_PARAMETER_PROBLEM
 }
 
-/// The source and destination ports of a TCP/UDP header at `l4`.
-#[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize) -> Option<([u8; 2], [u8; 2])> {
-    let p = ptr_at::<[u8; 4]>(ctx, l4)?;
-    // SAFETY: bounds checked by ptr_at.
-    let p = unsafe { *p };
-    Some(([p[0], p[1]], [p[2], p[3]]))
+/// Which way a packet crosses the gateway.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToVpc,
+    ToIdc,
 }
 
-/// A translation to apply to one IPv4 packet.
+/// The tables of one direction. Both directions translate the IDC-side
+/// end of a packet with the tunnel's peer mapping, and the VPC-side end
+/// (address and port) with a port mapping, else the gateway's local
+/// mapping; only the tables' sense differs.
+struct Tables {
+    peer: u8,
+    port_dir: u8,
+    local: u8,
+}
+
+impl Direction {
+    #[inline(always)]
+    fn tables(self) -> Tables {
+        match self {
+            Direction::ToVpc => Tables {
+                peer: mapping_kind::PEER_SRC,
+                port_dir: port_mapping_dir::TO_VPC,
+                local: mapping_kind::LOCAL_DST,
+            },
+            Direction::ToIdc => Tables {
+                peer: mapping_kind::PEER_DST,
+                port_dir: port_mapping_dir::FROM_VPC,
+                local: mapping_kind::LOCAL_SRC,
+            },
+        }
+    }
+}
+
+/// The VPC-side end of a packet, translated: a port mapping if the packet
+/// has a port and one matches, else the local IP mapping; the port is kept
+/// unless a port mapping changed it.
+#[inline(always)]
+fn vpc_side(
+    t: &Tables,
+    gateway_id: u32,
+    protocol: u8,
+    addr: [u8; 4],
+    port: Option<[u8; 2]>,
+) -> ([u8; 4], [u8; 2]) {
+    if let Some(port) = port {
+        if let Some(m) = port_mapping(gateway_id, addr, port, protocol, t.port_dir) {
+            return (m.addr, m.port);
+        }
+    }
+    let addr = ip_mapping(t.local, gateway_id, addr).unwrap_or(addr);
+    (addr, port.unwrap_or([0; 2]))
+}
+
+/// A translation to apply to one IPv4 packet (also the tuple before it).
 #[derive(Clone, Copy)]
 struct Rewrite {
     src: [u8; 4],
@@ -103,9 +149,45 @@ struct Rewrite {
     dport: [u8; 2],
 }
 
+/// A TCP/UDP checksum after the addresses (pseudo-header) and ports it
+/// covers changed from `old` to `new`. A UDP checksum of 0 (none) stays 0;
+/// a computed 0 is sent as 0xffff (RFC 768).
+#[inline(always)]
+fn l4_checksum(protocol: u8, check: u16, old: &Rewrite, new: &Rewrite) -> u16 {
+    if protocol == IPPROTO_UDP && check == 0 {
+        return 0;
+    }
+    let mut c = csum::replace32(check, old.src, new.src);
+    c = csum::replace32(c, old.dst, new.dst);
+    c = csum::replace16(
+        c,
+        u16::from_be_bytes(old.sport),
+        u16::from_be_bytes(new.sport),
+    );
+    c = csum::replace16(
+        c,
+        u16::from_be_bytes(old.dport),
+        u16::from_be_bytes(new.dport),
+    );
+    if protocol == IPPROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// Offset of the checksum in a TCP or UDP header.
+#[inline(always)]
+fn l4_checksum_offset(protocol: u8) -> usize {
+    if protocol == IPPROTO_TCP {
+        16
+    } else {
+        6
+    }
+}
+
 /// Writes `rw` into the packet, updating the IPv4 header checksum and the
-/// TCP/UDP checksum (pseudo-header and ports). A UDP checksum of 0 (none)
-/// stays 0; a computed 0 is sent as 0xffff (RFC 768).
+/// TCP/UDP checksum (pseudo-header and ports).
 #[inline(always)]
 fn apply(ctx: &XdpContext, ip: &Ipv4, rw: Rewrite) -> Result<(), Fate> {
     // SAFETY: `ip.hdr` bounds checked when parsed; the frame has not moved.
@@ -125,35 +207,19 @@ fn apply(ctx: &XdpContext, ip: &Ipv4, rw: Rewrite) -> Result<(), Fate> {
     let Some((old_sport, old_dport)) = ports(ctx, ip.l4) else {
         return Err(Fate::Malformed);
     };
-    let csum_at = if protocol == IPPROTO_TCP { 16 } else { 6 };
-    let Some(c) = ptr_at::<[u8; 2]>(ctx, ip.l4 + csum_at) else {
+    let Some(c) = ptr_at::<[u8; 2]>(ctx, ip.l4 + l4_checksum_offset(protocol)) else {
         // A first fragment too short to hold the checksum: cannot fix it.
         return Err(Fate::Malformed);
     };
+    let old = Rewrite {
+        src: old_src,
+        dst: old_dst,
+        sport: old_sport,
+        dport: old_dport,
+    };
     // SAFETY: bounds checked by ptr_at.
     let c = unsafe { &mut *c };
-    let old = u16::from_be_bytes(*c);
-    if protocol == IPPROTO_UDP && old == 0 {
-        // No checksum: nothing to keep right.
-    } else {
-        let mut l4 = old;
-        l4 = csum::replace32(l4, old_src, rw.src);
-        l4 = csum::replace32(l4, old_dst, rw.dst);
-        l4 = csum::replace16(
-            l4,
-            u16::from_be_bytes(old_sport),
-            u16::from_be_bytes(rw.sport),
-        );
-        l4 = csum::replace16(
-            l4,
-            u16::from_be_bytes(old_dport),
-            u16::from_be_bytes(rw.dport),
-        );
-        if protocol == IPPROTO_UDP && l4 == 0 {
-            l4 = 0xffff;
-        }
-        *c = l4.to_be_bytes();
-    }
+    *c = l4_checksum(protocol, u16::from_be_bytes(*c), &old, &rw).to_be_bytes();
     if let Some(p) = ptr_at::<[u8; 4]>(ctx, ip.l4) {
         // SAFETY: bounds checked by ptr_at.
         unsafe {
@@ -163,112 +229,68 @@ fn apply(ctx: &XdpContext, ip: &Ipv4, rw: Rewrite) -> Result<(), Fate> {
     Ok(())
 }
 
-/// IDC -> VPC translation of a packet received on `tunnel_id` for
-/// `gateway_id`. Returns nothing; the packet is rewritten in place.
+/// Translates a packet crossing the gateway in `dir` on `tunnel_id` of
+/// `gateway_id`, in place. IDC -> VPC: source by the peer mapping,
+/// destination by a port mapping or the local mapping; VPC -> IDC the
+/// reverse.
 #[inline(always)]
-pub fn idc_to_vpc(
+pub fn translate(
     ctx: &XdpContext,
+    ip: &Ipv4,
+    dir: Direction,
     tunnel_id: u32,
     gateway_id: u32,
-    ip: &Ipv4,
 ) -> Result<(), Fate> {
     if is_icmp_error(ctx, ip) {
-        return icmp_error(ctx, ip, Direction::ToVpc, tunnel_id, gateway_id);
+        return icmp_error(ctx, ip, dir, tunnel_id, gateway_id);
     }
+    let t = dir.tables();
     let protocol = ip.proto();
     let (src, dst) = (ip.src(), ip.dst());
-    let (sport, dport) = if has_ports(protocol) && !ip.is_later_fragment() {
-        ports(ctx, ip.l4).ok_or(Fate::Malformed)?
+    let port_pair = if has_ports(protocol) && !ip.is_later_fragment() {
+        Some(ports(ctx, ip.l4).ok_or(Fate::Malformed)?)
     } else {
-        ([0; 2], [0; 2])
+        None
     };
-    let mut rw = Rewrite {
-        src: ip_mapping(mapping_kind::PEER_SRC, tunnel_id, src).unwrap_or(src),
-        dst,
-        sport,
-        dport,
+    let (sport, dport) = port_pair.unwrap_or(([0; 2], [0; 2]));
+    // (IDC-side address, VPC-side address, VPC-side port)
+    let (idc, vpc, vpc_port) = match dir {
+        Direction::ToVpc => (src, dst, port_pair.map(|p| p.1)),
+        Direction::ToIdc => (dst, src, port_pair.map(|p| p.0)),
     };
-    let mut port_mapped = false;
-    if has_ports(protocol) {
-        if ip.is_later_fragment() {
-            if has_port_mappings(gateway_id, dst, protocol, port_mapping_dir::TO_VPC) {
-                return Err(Fate::NatFragment);
-            }
-        } else if let Some(m) =
-            port_mapping(gateway_id, dst, dport, protocol, port_mapping_dir::TO_VPC)
-        {
-            rw.dst = m.addr;
-            rw.dport = m.port;
-            port_mapped = true;
-        }
+    if has_ports(protocol)
+        && ip.is_later_fragment()
+        && has_port_mappings(gateway_id, vpc, protocol, t.port_dir)
+    {
+        return Err(Fate::NatFragment);
     }
-    if !port_mapped {
-        rw.dst = ip_mapping(mapping_kind::LOCAL_DST, gateway_id, dst).unwrap_or(dst);
-    }
-    if rw.src == src && rw.dst == dst && rw.dport == dport {
+    let new_idc = ip_mapping(t.peer, tunnel_id, idc).unwrap_or(idc);
+    let (new_vpc, new_vpc_port) = vpc_side(&t, gateway_id, protocol, vpc, vpc_port);
+    let rw = match dir {
+        Direction::ToVpc => Rewrite {
+            src: new_idc,
+            dst: new_vpc,
+            sport,
+            dport: new_vpc_port,
+        },
+        Direction::ToIdc => Rewrite {
+            src: new_vpc,
+            dst: new_idc,
+            sport: new_vpc_port,
+            dport,
+        },
+    };
+    if rw.src == src && rw.dst == dst && rw.sport == sport && rw.dport == dport {
         return Ok(());
     }
     apply(ctx, ip, rw)
-}
-
-/// VPC -> IDC translation of a packet routed to `tunnel_id`.
-#[inline(always)]
-pub fn vpc_to_idc(
-    ctx: &XdpContext,
-    tunnel_id: u32,
-    gateway_id: u32,
-    ip: &Ipv4,
-) -> Result<(), Fate> {
-    if is_icmp_error(ctx, ip) {
-        return icmp_error(ctx, ip, Direction::ToIdc, tunnel_id, gateway_id);
-    }
-    let protocol = ip.proto();
-    let (src, dst) = (ip.src(), ip.dst());
-    let (sport, dport) = if has_ports(protocol) && !ip.is_later_fragment() {
-        ports(ctx, ip.l4).ok_or(Fate::Malformed)?
-    } else {
-        ([0; 2], [0; 2])
-    };
-    let mut rw = Rewrite {
-        src,
-        dst: ip_mapping(mapping_kind::PEER_DST, tunnel_id, dst).unwrap_or(dst),
-        sport,
-        dport,
-    };
-    let mut port_mapped = false;
-    if has_ports(protocol) {
-        if ip.is_later_fragment() {
-            if has_port_mappings(gateway_id, src, protocol, port_mapping_dir::FROM_VPC) {
-                return Err(Fate::NatFragment);
-            }
-        } else if let Some(m) =
-            port_mapping(gateway_id, src, sport, protocol, port_mapping_dir::FROM_VPC)
-        {
-            rw.src = m.addr;
-            rw.sport = m.port;
-            port_mapped = true;
-        }
-    }
-    if !port_mapped {
-        rw.src = ip_mapping(mapping_kind::LOCAL_SRC, gateway_id, src).unwrap_or(src);
-    }
-    if rw.src == src && rw.dst == dst && rw.sport == sport {
-        return Ok(());
-    }
-    apply(ctx, ip, rw)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    ToVpc,
-    ToIdc,
 }
 
 /// Translates an ICMP error and the packet it quotes. The quoted packet
-/// travelled the other way, so it is translated with the other
-/// direction's tables: e.g. an error from the IDC about a VPC -> IDC packet
-/// quotes (src = the VPC service as the IDC knows it, dst = an IDC host);
-/// both are turned back into what the VPC sent.
+/// travelled the other way, so its ends swap roles: e.g. an error from the
+/// IDC about a VPC -> IDC packet quotes (src = the VPC service as the IDC
+/// knows it, dst = an IDC host); both are turned back into what the VPC
+/// sent, with the same tables as the error itself.
 #[inline(always)]
 fn icmp_error(
     ctx: &XdpContext,
@@ -278,6 +300,7 @@ fn icmp_error(
     gateway_id: u32,
 ) -> Result<(), Fate> {
     const MALFORMED: Fate = Fate::NatIcmpMalformed;
+    let t = dir.tables();
     let inner_l3 = ip.l4 + 8;
     let inner_hdr = ptr_at::<Ipv4Hdr>(ctx, inner_l3).ok_or(MALFORMED)?;
     // SAFETY: bounds checked by ptr_at.
@@ -295,65 +318,50 @@ fn icmp_error(
     } else {
         None
     };
-    let (isrc, idst) = (inner.src_addr, inner.dst_addr);
+    let (isport, idport) = inner_ports.unwrap_or(([0; 2], [0; 2]));
+    let old = Rewrite {
+        src: inner.src_addr,
+        dst: inner.dst_addr,
+        sport: isport,
+        dport: idport,
+    };
     let (osrc, odst) = (ip.src(), ip.dst());
-    let (mut nsrc, mut ndst) = (isrc, idst);
-    let (mut nsport, mut ndport) = inner_ports.unwrap_or(([0; 2], [0; 2]));
-    let (new_osrc, new_odst);
-    match dir {
-        Direction::ToVpc => {
-            // Quoted packet went VPC -> IDC: src is a VPC address as the IDC
-            // sees it, dst an IDC address.
-            ndst = ip_mapping(mapping_kind::PEER_SRC, tunnel_id, idst).unwrap_or(idst);
-            let mut mapped = false;
-            if let Some((sport, _)) = inner_ports {
-                if let Some(m) =
-                    port_mapping(gateway_id, isrc, sport, protocol, port_mapping_dir::TO_VPC)
-                {
-                    nsrc = m.addr;
-                    nsport = m.port;
-                    mapped = true;
-                }
-            }
-            if !mapped {
-                nsrc = ip_mapping(mapping_kind::LOCAL_DST, gateway_id, isrc).unwrap_or(isrc);
-            }
-            new_osrc = ip_mapping(mapping_kind::PEER_SRC, tunnel_id, osrc).unwrap_or(osrc);
-            new_odst = if odst == isrc {
-                nsrc
-            } else {
-                ip_mapping(mapping_kind::LOCAL_DST, gateway_id, odst).unwrap_or(odst)
-            };
-        }
-        Direction::ToIdc => {
-            // Quoted packet went IDC -> VPC: src an IDC address as the VPC
-            // sees it, dst a VPC address.
-            nsrc = ip_mapping(mapping_kind::PEER_DST, tunnel_id, isrc).unwrap_or(isrc);
-            let mut mapped = false;
-            if let Some((_, dport)) = inner_ports {
-                if let Some(m) = port_mapping(
-                    gateway_id,
-                    idst,
-                    dport,
-                    protocol,
-                    port_mapping_dir::FROM_VPC,
-                ) {
-                    ndst = m.addr;
-                    ndport = m.port;
-                    mapped = true;
-                }
-            }
-            if !mapped {
-                ndst = ip_mapping(mapping_kind::LOCAL_SRC, gateway_id, idst).unwrap_or(idst);
-            }
-            new_odst = ip_mapping(mapping_kind::PEER_DST, tunnel_id, odst).unwrap_or(odst);
-            new_osrc = if osrc == idst {
-                ndst
-            } else {
-                ip_mapping(mapping_kind::LOCAL_SRC, gateway_id, osrc).unwrap_or(osrc)
-            };
-        }
-    }
+    // The error's own IDC-side address, and the quoted packet's ends.
+    let (outer_idc, outer_vpc, idc, vpc, vpc_port) = match dir {
+        // Quoted VPC -> IDC packet: its src is the VPC end.
+        Direction::ToVpc => (osrc, odst, old.dst, old.src, inner_ports.map(|p| p.0)),
+        // Quoted IDC -> VPC packet: its dst is the VPC end.
+        Direction::ToIdc => (odst, osrc, old.src, old.dst, inner_ports.map(|p| p.1)),
+    };
+    let new_idc = ip_mapping(t.peer, tunnel_id, idc).unwrap_or(idc);
+    let (new_vpc, new_vpc_port) = vpc_side(&t, gateway_id, protocol, vpc, vpc_port);
+    let new_outer_idc = ip_mapping(t.peer, tunnel_id, outer_idc).unwrap_or(outer_idc);
+    // The error usually comes from (or goes to) the quoted packet's VPC end.
+    let new_outer_vpc = if outer_vpc == vpc {
+        new_vpc
+    } else {
+        vpc_side(&t, gateway_id, protocol, outer_vpc, None).0
+    };
+    let (new, outer) = match dir {
+        Direction::ToVpc => (
+            Rewrite {
+                src: new_vpc,
+                dst: new_idc,
+                sport: new_vpc_port,
+                dport: idport,
+            },
+            (new_outer_idc, new_outer_vpc),
+        ),
+        Direction::ToIdc => (
+            Rewrite {
+                src: new_idc,
+                dst: new_vpc,
+                sport: isport,
+                dport: new_vpc_port,
+            },
+            (new_outer_vpc, new_outer_idc),
+        ),
+    };
 
     // The ICMP checksum covers the quoted bytes: every word changed there
     // is folded into it.
@@ -364,38 +372,39 @@ fn icmp_error(
 
     // Quoted IPv4 header.
     let old_inner_check = u16::from_be_bytes(inner.check);
-    let mut inner_check = csum::replace32(old_inner_check, isrc, nsrc);
-    inner_check = csum::replace32(inner_check, idst, ndst);
-    inner.src_addr = nsrc;
-    inner.dst_addr = ndst;
+    let mut inner_check = csum::replace32(old_inner_check, old.src, new.src);
+    inner_check = csum::replace32(inner_check, old.dst, new.dst);
+    inner.src_addr = new.src;
+    inner.dst_addr = new.dst;
     inner.check = inner_check.to_be_bytes();
-    ic = csum::replace32(ic, isrc, nsrc);
-    ic = csum::replace32(ic, idst, ndst);
+    ic = csum::replace32(ic, old.src, new.src);
+    ic = csum::replace32(ic, old.dst, new.dst);
     ic = csum::replace16(ic, old_inner_check, inner_check);
 
     // Quoted ports, and the quoted L4 checksum where it was quoted.
-    if let Some((osport, odport)) = inner_ports {
+    if inner_ports.is_some() {
         if let Some(p) = ptr_at::<[u8; 4]>(ctx, inner_l4) {
             // SAFETY: bounds checked by ptr_at.
-            unsafe { *p = [nsport[0], nsport[1], ndport[0], ndport[1]] };
+            unsafe { *p = [new.sport[0], new.sport[1], new.dport[0], new.dport[1]] };
         }
-        ic = csum::replace16(ic, u16::from_be_bytes(osport), u16::from_be_bytes(nsport));
-        ic = csum::replace16(ic, u16::from_be_bytes(odport), u16::from_be_bytes(ndport));
-        let csum_at = if protocol == IPPROTO_TCP { 16 } else { 6 };
-        if let Some(c) = ptr_at::<[u8; 2]>(ctx, inner_l4 + csum_at) {
+        ic = csum::replace16(
+            ic,
+            u16::from_be_bytes(old.sport),
+            u16::from_be_bytes(new.sport),
+        );
+        ic = csum::replace16(
+            ic,
+            u16::from_be_bytes(old.dport),
+            u16::from_be_bytes(new.dport),
+        );
+        if let Some(c) = ptr_at::<[u8; 2]>(ctx, inner_l4 + l4_checksum_offset(protocol)) {
             // SAFETY: bounds checked by ptr_at.
             let c = unsafe { &mut *c };
-            let old = u16::from_be_bytes(*c);
-            if !(protocol == IPPROTO_UDP && old == 0) {
-                let mut l4 = csum::replace32(old, isrc, nsrc);
-                l4 = csum::replace32(l4, idst, ndst);
-                l4 = csum::replace16(l4, u16::from_be_bytes(osport), u16::from_be_bytes(nsport));
-                l4 = csum::replace16(l4, u16::from_be_bytes(odport), u16::from_be_bytes(ndport));
-                if protocol == IPPROTO_UDP && l4 == 0 {
-                    l4 = 0xffff;
-                }
-                *c = l4.to_be_bytes();
-                ic = csum::replace16(ic, old, l4);
+            let before = u16::from_be_bytes(*c);
+            let after = l4_checksum(protocol, before, &old, &new);
+            if after != before {
+                *c = after.to_be_bytes();
+                ic = csum::replace16(ic, before, after);
             }
         }
     }
@@ -406,8 +415,8 @@ fn icmp_error(
         ctx,
         ip,
         Rewrite {
-            src: new_osrc,
-            dst: new_odst,
+            src: outer.0,
+            dst: outer.1,
             sport: [0; 2],
             dport: [0; 2],
         },

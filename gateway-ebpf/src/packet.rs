@@ -118,3 +118,12 @@ impl Ipv4 {
         frags & 0x1fff != 0
     }
 }
+
+/// The source and destination ports of a TCP/UDP header at `l4`.
+#[inline(always)]
+pub fn ports(ctx: &XdpContext, l4: usize) -> Option<([u8; 2], [u8; 2])> {
+    let p = ptr_at::<[u8; 4]>(ctx, l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let p = unsafe { *p };
+    Some(([p[0], p[1]], [p[2], p[3]]))
+}

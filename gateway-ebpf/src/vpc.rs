@@ -92,7 +92,7 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
             return DROP;
         }
     };
-    if let Err(fate) = nat::vpc_to_idc(ctx, tunnel.id, port.id, &ip) {
+    if let Err(fate) = nat::translate(ctx, &ip, nat::Direction::ToIdc, tunnel.id, port.id) {
         counters::fate(owner, fate);
         return DROP;
     }
@@ -114,9 +114,8 @@ fn flow_hash(ctx: &XdpContext, ip: &Ipv4) -> u32 {
         ^ u32::from_be_bytes(ip.dst()).rotate_left(16)
         ^ ((proto as u32) << 8);
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && !ip.is_later_fragment() {
-        if let Some(ports) = ptr_at::<[u8; 4]>(ctx, ip.l4) {
-            // SAFETY: bounds checked by ptr_at.
-            h ^= u32::from_be_bytes(unsafe { *ports });
+        if let Some((sport, dport)) = packet::ports(ctx, ip.l4) {
+            h ^= u32::from_be_bytes([sport[0], sport[1], dport[0], dport[1]]);
         }
     }
     // Murmur3 finaliser: spreads close addresses over all members.
