@@ -396,21 +396,10 @@ impl GatewayLab {
     /// SIGTERM and wait: the daemon detaches cleanly.
     pub fn stop_daemon(&mut self) -> Result<()> {
         if let Some(mut child) = self.daemon.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    if !status.success() {
-                        bail!("gatewayd exited with {status}:\n{}", self.log());
-                    }
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    bail!("gatewayd did not stop within 10 s of SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            match terminate(&mut child, Duration::from_secs(10))? {
+                Some(status) if status.success() => {}
+                Some(status) => bail!("gatewayd exited with {status}:\n{}", self.log()),
+                None => bail!("gatewayd did not stop within 10 s of SIGTERM"),
             }
         }
         Ok(())
@@ -555,22 +544,29 @@ fn checksum_step(sum: u64, byte: u8, index: usize) -> u64 {
 impl Drop for GatewayLab {
     fn drop(&mut self) {
         if let Some(mut child) = self.daemon.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = terminate(&mut child, Duration::from_secs(5));
         }
         let _ = fs::remove_dir_all(&self.dir);
         // A killed daemon leaves its pins; remove them with the lab.
         let _ = fs::remove_dir_all(Path::new("/sys/fs/bpf/gatewayd").join(&self.node));
     }
+}
+
+/// SIGTERM, then up to `grace` for the process to exit; killed after that.
+/// Returns its exit status, or None if it had to be killed.
+fn terminate(child: &mut Child, grace: Duration) -> Result<Option<std::process::ExitStatus>> {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(None)
 }
 
 /// `ping -c COUNT` in `ns`; returns (transmitted, received).
