@@ -184,19 +184,14 @@ impl State {
         })
     }
 
-    fn shutdown(&mut self) -> Result<()> {
+    /// `gatewayd down`: detach from every port and remove all pins.
+    fn down(&mut self) -> Result<Vec<PathBuf>> {
         self.dp.detach_all()?;
         for name in self.ports.values() {
             info!("detached XDP from {name}");
         }
         self.ports.clear();
-        // Clean stop: nothing of ours stays in the kernel.
-        let dir = self.dp.pin_dir().to_owned();
-        for name in names::ALL {
-            let _ = std::fs::remove_file(dir.join(name));
-        }
-        let _ = std::fs::remove_dir(&dir);
-        Ok(())
+        datapath::remove_pins(self.dp.pin_dir())
     }
 }
 
@@ -217,7 +212,17 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-pub async fn run(config_path: &Path, paths: &Paths) -> Result<()> {
+/// How `gatewayd run` treats state pinned by an earlier daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Adopt pinned maps and links: counters, learned peer MACs and the
+    /// attachments carry on, traffic never stops.
+    Adopt,
+    /// Remove every pin first and start from empty maps.
+    Fresh,
+}
+
+pub async fn run(config_path: &Path, paths: &Paths, start: Start) -> Result<()> {
     let config = load_config(config_path)?;
     preflight()?;
     datapath::check_bpffs(&paths.bpffs)?;
@@ -226,14 +231,28 @@ pub async fn run(config_path: &Path, paths: &Paths) -> Result<()> {
     claim_socket(&socket_path).await?;
 
     let pin_dir = datapath::pin_dir(&paths.bpffs, &node);
+    if start == Start::Fresh && pin_dir.exists() {
+        let removed = datapath::remove_pins(&pin_dir)?;
+        warn!(
+            "--fresh: removed {} pins in {}: XDP detached from every port until attached again; counters, learned peer MACs and all other state reset",
+            removed.len(),
+            pin_dir.display()
+        );
+    }
     let pins_existed = pin_dir.exists();
+    if pins_existed {
+        info!(
+            "adopting the pinned state in {} (maps and XDP links of the previous run; `gatewayd run --fresh` resets it)",
+            pin_dir.display()
+        );
+    }
     let mut dp = match Datapath::load(ebpf::gateway_object()?, &pin_dir) {
         Ok(dp) => dp,
         Err(e) => {
             // aya pins the maps before the verifier sees the program: a
             // failed first start must not leave them behind.
             if !pins_existed {
-                let _ = std::fs::remove_dir_all(&pin_dir);
+                let _ = datapath::remove_pins(&pin_dir);
             }
             return Err(e);
         }
@@ -247,10 +266,24 @@ pub async fn run(config_path: &Path, paths: &Paths) -> Result<()> {
         ports: BTreeMap::new(),
     };
     if let Err(e) = state.converge(&config) {
-        let _ = state.shutdown();
+        if !pins_existed {
+            let _ = state.down();
+        }
+        // An adopted datapath keeps running as it was.
         return Err(e);
     }
-    info!("node {node}: running; maps pinned in {}", pin_dir.display());
+    // Ports an earlier config had and this one has not.
+    for pin in state.dp.stray_link_pins() {
+        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        info!(
+            "detached XDP from a port no longer in the config (removed {})",
+            pin.display()
+        );
+    }
+    info!(
+        "node {node}: running; maps and links pinned in {}",
+        pin_dir.display()
+    );
     let state = Arc::new(Mutex::new(state));
 
     if let Some(logger) = logger {
@@ -259,29 +292,40 @@ pub async fn run(config_path: &Path, paths: &Paths) -> Result<()> {
     std::fs::create_dir_all(&paths.run_dir)?;
     let listener = UnixListener::bind(&socket_path)
         .with_context(|| format!("binding control socket {}", socket_path.display()))?;
-    tokio::spawn(serve_control(listener, state.clone()));
+    let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(serve_control(listener, state.clone(), down_tx));
     tokio::spawn(probe_peers(state.clone()));
+    crate::service::notify_ready();
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    loop {
+    let stop = loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = down_rx.recv() => break "down",
             _ = hup.recv() => {
                 info!("SIGHUP: reloading {}", config_path.display());
+                crate::service::notify_reloading();
                 let result = lock(&state).reload();
                 match result {
                     Ok(()) => info!("reload applied"),
                     Err(e) => error!("reload rejected, running state unchanged:\n{e:#}"),
                 }
+                crate::service::notify_ready();
             }
         }
-    }
+    };
+    crate::service::notify_stopping();
     let _ = std::fs::remove_file(&socket_path);
-    let result = lock(&state).shutdown();
-    result
+    if stop == "down" {
+        // `down` already detached and removed the pins (and answered).
+        info!("gatewayd down: datapath removed, exiting");
+    } else {
+        info!("{stop}: stopping; the datapath keeps forwarding on its pinned state (`gatewayd run` adopts it, `gatewayd down` removes it)");
+    }
+    Ok(())
 }
 
 fn lock(state: &Arc<Mutex<State>>) -> std::sync::MutexGuard<'_, State> {
@@ -327,12 +371,17 @@ async fn drain_ebpf_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 }
 
 /// One request per connection: a command line in, a JSON document out.
-async fn serve_control(listener: UnixListener, state: Arc<Mutex<State>>) {
+async fn serve_control(
+    listener: UnixListener,
+    state: Arc<Mutex<State>>,
+    down: tokio::sync::mpsc::Sender<()>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let down = down.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -355,6 +404,16 @@ async fn serve_control(listener: UnixListener, state: Arc<Mutex<State>>) {
                             error!("reload rejected, running state unchanged:\n{e:#}");
                             error_json(&format!("{e:#}"))
                         }
+                    }
+                }
+                "down" => {
+                    let result = lock(&state).down();
+                    match result {
+                        Ok(removed) => {
+                            let _ = down.try_send(());
+                            serde_json::json!({"ok": true, "removed": removed}).to_string()
+                        }
+                        Err(e) => error_json(&format!("{e:#}")),
                     }
                 }
                 other => error_json(&format!("unknown command {other:?}")),
@@ -399,6 +458,28 @@ async fn probe_peers(state: Arc<Mutex<State>>) {
             }
         }
     }
+}
+
+/// `gatewayd down`: a running daemon is asked to detach, remove its pins and
+/// exit; without one, the pins are removed here (removing a link's pin
+/// detaches the program from that port).
+pub async fn down(paths: &Paths, node: &str) -> Result<Vec<PathBuf>> {
+    let socket = paths.socket(node);
+    if UnixStream::connect(&socket).await.is_ok() {
+        let answer = request(&socket, "down").await?;
+        let removed = answer
+            .get("removed")
+            .and_then(|r| r.as_array())
+            .map(|r| {
+                r.iter()
+                    .filter_map(|p| p.as_str().map(PathBuf::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Ok(removed);
+    }
+    preflight()?;
+    datapath::remove_pins(&datapath::pin_dir(&paths.bpffs, node))
 }
 
 /// Client side of the control socket.

@@ -13,7 +13,11 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
@@ -48,10 +52,60 @@ pub fn check_bpffs(bpffs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sub-folder of a node's pin folder holding one pinned XDP link per port.
+pub const LINKS_DIR: &str = "links";
+
+/// Pinned XDP links under a node's pin folder.
+pub fn link_pins(pin_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(pin_dir.join(LINKS_DIR))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Removes everything gatewayd pinned for a node: the XDP links first (each
+/// removal detaches the program from its port once no process holds the
+/// link), then the maps. Returns what was removed.
+pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for pin in link_pins(pin_dir) {
+        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        removed.push(pin);
+    }
+    let _ = std::fs::remove_dir(pin_dir.join(LINKS_DIR));
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    }
+    Ok(removed)
+}
+
+/// What `Datapath::attach` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// A new XDP link was created (and pinned).
+    Attached,
+    /// A link pinned by an earlier daemon now runs this program.
+    Adopted,
+    AlreadyAttached,
+}
+
+/// The program's attachment to one port: a bpf_link pinned at `pin`; `fd`
+/// keeps it open while the daemon runs.
+struct PortLink {
+    pin: PathBuf,
+    fd: FdLink,
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    links: BTreeMap<u32, XdpLinkId>,
+    links: BTreeMap<u32, PortLink>,
 }
 
 impl Datapath {
@@ -65,7 +119,7 @@ impl Datapath {
         }
         let ebpf = loader.load(object).map_err(|e| {
             anyhow!(
-                "loading the eBPF object failed: {e}\n(pinned maps of an incompatible earlier version? remove {} and retry)",
+                "loading the eBPF object failed: {e}\n(pinned maps of an incompatible earlier version in {}? `gatewayd run --fresh` recreates them, resetting counters and learned state)",
                 pin_dir.display()
             )
         })?;
@@ -143,14 +197,36 @@ impl Datapath {
         Ok(prog.try_into()?)
     }
 
-    /// Attaches to a port in native (driver) mode; falls back to generic
-    /// (skb) mode with a warning where the driver has no native XDP.
-    pub fn attach(&mut self, interface: &str, ifindex: u32) -> Result<()> {
+    /// Makes `interface` run this program, keeping the attachment pinned
+    /// (`<pin dir>/links/<interface>@<ifindex>`) so it outlives the daemon:
+    /// a link a previous daemon pinned for this port is adopted and switched
+    /// to this program atomically (`bpf_link_update`: no frame ever sees the
+    /// port without a program); otherwise a new link is created, in native
+    /// (driver) mode, falling back to generic (skb) mode with a warning.
+    pub fn attach(&mut self, interface: &str, ifindex: u32) -> Result<AttachOutcome> {
         if self.links.contains_key(&ifindex) {
-            return Ok(());
+            return Ok(AttachOutcome::AlreadyAttached);
+        }
+        let pin = self.link_pin(interface, ifindex);
+        if pin.exists() {
+            match self.adopt(&pin) {
+                Ok(fd) => {
+                    info!("{interface}: adopted the pinned XDP link; program replaced atomically");
+                    self.links.insert(ifindex, PortLink { pin, fd });
+                    return Ok(AttachOutcome::Adopted);
+                }
+                Err(e) => {
+                    // Typically the interface was deleted and recreated: the
+                    // old link is defunct (ENOLINK). Attach afresh.
+                    tracing::warn!(
+                        "{interface}: pinned XDP link unusable ({e:#}); attaching a new one"
+                    );
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
         }
         let prog = self.program()?;
-        let link = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+        let id = match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(link) => link,
             Err(native) => {
                 tracing::warn!(
@@ -160,14 +236,50 @@ impl Datapath {
                     .with_context(|| format!("attaching XDP to {interface}"))?
             }
         };
+        let link = prog.take_link(id)?;
+        // Kernels before 5.9 have no bpf_link for XDP (aya then falls back
+        // to netlink, which cannot be pinned): refuse rather than run a
+        // datapath that dies with the daemon.
+        let fd = FdLink::try_from(link).map_err(|e| {
+            anyhow!("{interface}: the kernel gave no XDP bpf_link ({e}); gatewayd needs Linux >= 5.9 so the datapath survives daemon restarts")
+        })?;
+        std::fs::create_dir_all(self.pin_dir.join(LINKS_DIR))?;
+        let pinned = fd
+            .pin(&pin)
+            .with_context(|| format!("pinning the XDP link of {interface} at {}", pin.display()))?;
         info!("attached XDP to {interface} (ifindex {ifindex})");
-        self.links.insert(ifindex, link);
-        Ok(())
+        self.links.insert(
+            ifindex,
+            PortLink {
+                pin,
+                fd: pinned.into(),
+            },
+        );
+        Ok(AttachOutcome::Attached)
     }
 
+    /// Switches a pinned link to this program (`bpf_link_update`).
+    fn adopt(&mut self, pin: &Path) -> Result<FdLink> {
+        let fd: FdLink = PinnedLink::from_pin(pin)?.into();
+        let link = XdpLink::try_from(fd)?;
+        let prog = self.program()?;
+        let id = prog.attach_to_link(link)?;
+        Ok(FdLink::try_from(prog.take_link(id)?)?)
+    }
+
+    fn link_pin(&self, interface: &str, ifindex: u32) -> PathBuf {
+        self.pin_dir
+            .join(LINKS_DIR)
+            .join(format!("{interface}@{ifindex}"))
+    }
+
+    /// Detaches the program from a port and removes its pinned link.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
-        if let Some(link) = self.links.remove(&ifindex) {
-            self.program()?.detach(link)?;
+        if let Some(PortLink { pin, fd }) = self.links.remove(&ifindex) {
+            // The attachment ends when the pin and the last fd are gone.
+            std::fs::remove_file(&pin)
+                .with_context(|| format!("removing pinned link {}", pin.display()))?;
+            drop(fd);
         }
         Ok(())
     }
@@ -182,6 +294,16 @@ impl Datapath {
 
     pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
         self.links.keys().copied()
+    }
+
+    /// Pinned links of ports this daemon has not attached (yet): after
+    /// `converge`, the ports a previous config had and this one dropped.
+    pub fn stray_link_pins(&self) -> Vec<PathBuf> {
+        let held: Vec<&Path> = self.links.values().map(|l| l.pin.as_path()).collect();
+        link_pins(&self.pin_dir)
+            .into_iter()
+            .filter(|p| !held.contains(&p.as_path()))
+            .collect()
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {

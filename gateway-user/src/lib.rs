@@ -12,4 +12,5 @@ pub mod lab;
 pub mod netdev;
 pub mod plan;
 pub mod probe;
+pub mod service;
 pub mod stats;

@@ -39,10 +39,26 @@ enum Command {
     },
     /// Load the XDP program, attach it to every configured port, fill the
     /// maps, and keep them equal to the config until SIGINT/SIGTERM.
-    /// SIGHUP reloads the config.
+    /// SIGHUP reloads the config. State pinned by an earlier run (maps,
+    /// counters, learned peer MACs, XDP links) is adopted: traffic keeps
+    /// flowing across restarts and upgrades. Stopping the daemon leaves the
+    /// datapath running; `gatewayd down` removes it.
     Run {
         #[arg(short, long)]
         config: PathBuf,
+        /// Remove everything an earlier run pinned and start from empty maps:
+        /// detaches XDP until re-attached and resets counters and learned
+        /// peer MACs.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Detach the datapath from every port and remove its pins (asks the
+    /// running daemon to do it and exit, or does it itself when none runs).
+    Down {
+        #[arg(short, long, conflicts_with = "node")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Per-tunnel counters of the running daemon.
     Stats {
@@ -112,8 +128,27 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Run { config } => {
-            runtime()?.block_on(daemon::run(&config, &paths))?;
+        Command::Run { config, fresh } => {
+            let start = if fresh {
+                daemon::Start::Fresh
+            } else {
+                daemon::Start::Adopt
+            };
+            runtime()?.block_on(daemon::run(&config, &paths, start))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down { config, node } => {
+            let node = node_for(&paths, config, node)?;
+            let removed = runtime()?.block_on(daemon::down(&paths, &node))?;
+            if removed.is_empty() {
+                println!("node {node}: nothing pinned, nothing attached");
+            } else {
+                println!(
+                    "node {node}: datapath detached, {} pins removed from {}",
+                    removed.len(),
+                    gateway_user::datapath::pin_dir(&paths.bpffs, &node).display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { config, node, json } => {
@@ -146,6 +181,36 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// The node a `down` addresses: named, from a config, or the only one with
+/// pins under the bpffs.
+fn node_for(paths: &Paths, config: Option<PathBuf>, node: Option<String>) -> Result<String> {
+    if let Some(path) = config {
+        let c = Config::load(&path).map_err(|e| anyhow!("{e}"))?;
+        return Ok(c.node.name);
+    }
+    if let Some(node) = node {
+        return Ok(node);
+    }
+    let root = paths.bpffs.join("gatewayd");
+    let nodes: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    match nodes.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no gatewayd node has pins under {}", root.display()),
+        _ => bail!(
+            "several nodes have pins under {} ({}); pick one with --node or -c",
+            root.display(),
+            nodes.join(", ")
+        ),
+    }
 }
 
 /// The control socket of the daemon a client command addresses.

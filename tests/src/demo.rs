@@ -206,8 +206,8 @@ pub fn run(gatewayd: &Path) -> Result<()> {
         println!("    {line}");
     }
 
-    step("stopping gatewayd (SIGTERM: detaches XDP, removes its pins) and the lab")?;
-    lab.stop_daemon()?;
+    step("gatewayd down (detaches XDP, removes the pins, the daemon exits) and the lab")?;
+    print!("    {}", lab.down()?);
     drop(lab);
     println!("    done");
     Ok(())

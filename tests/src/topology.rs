@@ -359,13 +359,24 @@ impl GatewayLab {
     /// Starts `gatewayd run` and waits until it answers on its control
     /// socket. Its log goes to `log_path()`.
     pub fn start_daemon(&mut self) -> Result<()> {
+        self.start_daemon_with(&[])
+    }
+
+    /// `start_daemon` with extra `gatewayd run` arguments (e.g. `--fresh`).
+    /// The log of an earlier run is kept: this run's log is appended.
+    pub fn start_daemon_with(&mut self, extra: &[&str]) -> Result<()> {
         if self.daemon.is_some() {
             bail!("daemon already running");
         }
-        let log = fs::File::create(self.log_path())?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let config = self.config.to_string_lossy().into_owned();
+        let mut args = vec!["run", "-c", &config];
+        args.extend_from_slice(extra);
         let child = self
-            .gatewayd_cmd(&["run", "-c", &config])
+            .gatewayd_cmd(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -393,7 +404,8 @@ impl GatewayLab {
         }
     }
 
-    /// SIGTERM and wait: the daemon detaches cleanly.
+    /// SIGTERM and wait: the daemon exits cleanly; the datapath (pinned
+    /// maps and XDP links) stays and keeps forwarding.
     pub fn stop_daemon(&mut self) -> Result<()> {
         if let Some(mut child) = self.daemon.take() {
             match terminate(&mut child, Duration::from_secs(10))? {
@@ -403,6 +415,87 @@ impl GatewayLab {
             }
         }
         Ok(())
+    }
+
+    /// `gatewayd down`: the running daemon (if any) detaches, removes its
+    /// pins and exits. Returns gatewayd's output.
+    pub fn down(&mut self) -> Result<String> {
+        let out = self
+            .gatewayd_cmd(&["down", "--node", &self.node])
+            .output()?;
+        if !out.status.success() {
+            bail!("gatewayd down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if let Some(mut child) = self.daemon.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    if !status.success() {
+                        bail!("gatewayd exited with {status} after down:\n{}", self.log());
+                    }
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("gatewayd did not exit within 10 s of `gatewayd down`");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: nothing is cleaned up.
+    pub fn kill_daemon(&mut self) -> Result<()> {
+        let mut child = self.daemon.take().context("no daemon running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Replaces the lab's config file (the daemon reads it on reload).
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        // Write then rename: a reload never reads a half-written file.
+        let tmp = self.config.with_extension("tmp");
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, &self.config)?;
+        Ok(())
+    }
+
+    /// `gatewayd reload`; Err carries gatewayd's message.
+    pub fn reload(&self) -> Result<()> {
+        let out = self
+            .gatewayd_cmd(&["reload", "--node", &self.node])
+            .output()?;
+        if !out.status.success() {
+            bail!("gatewayd reload: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Where the daemon pins this node's maps and links.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/gatewayd").join(&self.node)
+    }
+
+    /// (link id, program id) of every pinned XDP link, by pin file name,
+    /// as `bpftool link show pinned` reports them.
+    pub fn pinned_links(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+        let mut out = std::collections::BTreeMap::new();
+        let dir = self.pin_dir().join("links");
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let text = crate::run(
+                "bpftool",
+                &["-j", "link", "show", "pinned", &path.to_string_lossy()],
+            )?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let id = v["id"].as_u64().context("bpftool: no link id")?;
+            let prog = v["prog_id"].as_u64().context("bpftool: no prog_id")?;
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            out.insert(name.into_owned(), (id, prog));
+        }
+        Ok(out)
     }
 
     pub fn log(&self) -> String {
@@ -569,6 +662,46 @@ fn terminate(child: &mut Child, grace: Duration) -> Result<Option<std::process::
     Ok(None)
 }
 
+/// A ping running in the background (continuous traffic while a test
+/// reloads or restarts the daemon).
+pub struct BackgroundPing {
+    child: Child,
+    count: u32,
+}
+
+impl BackgroundPing {
+    /// `count` echo requests every `interval` seconds (root may go below
+    /// 0.2 s) from `ns` to `dst`.
+    pub fn start(ns: &Netns, dst: &str, count: u32, interval: &str) -> Result<BackgroundPing> {
+        let count_s = count.to_string();
+        let child = ns
+            .command(
+                "ping",
+                &["-n", "-q", "-c", &count_s, "-i", interval, "-W", "2", dst],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ping")?;
+        Ok(BackgroundPing { child, count })
+    }
+
+    /// Whether ping is still sending (the traffic window still covers now).
+    pub fn running(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
+    /// Waits for ping to finish; returns (transmitted, received).
+    pub fn finish(self) -> Result<(u32, u32)> {
+        let out = self.child.wait_with_output()?;
+        let (tx, rx) = parse_ping(&String::from_utf8_lossy(&out.stdout))?;
+        if tx != self.count {
+            bail!("ping sent {tx} of {} requests", self.count);
+        }
+        Ok((tx, rx))
+    }
+}
+
 /// `ping -c COUNT` in `ns`; returns (transmitted, received).
 pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<(u32, u32)> {
     let count_s = count.to_string();
@@ -578,7 +711,11 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<(u32, u32)> {
             &["-n", "-q", "-c", &count_s, "-i", "0.05", "-W", "1", dst],
         )
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_ping(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// (transmitted, received) from ping's summary.
+fn parse_ping(text: &str) -> Result<(u32, u32)> {
     // "5 packets transmitted, 5 received, 0% packet loss, time 4006ms"
     let line = text
         .lines()
