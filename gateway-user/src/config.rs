@@ -48,6 +48,9 @@ pub struct Node {
     /// Also names the bpffs pin folder: `[a-zA-Z0-9_.-]`, 1..=64 characters,
     /// not `.` or `..`.
     pub name: String,
+    /// Where the Prometheus `/metrics` endpoint listens (`address:port`);
+    /// `None` (the default) serves no metrics.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// `[[connection]]`: a physical line, i.e. one trunk port towards the IDC.
@@ -446,6 +449,8 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Node {
         pub name: Spanned<String>,
+        #[serde(default)]
+        pub metrics_address: Option<Spanned<String>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -522,6 +527,7 @@ struct LocatedConfig {
 #[derive(Debug)]
 struct LocatedNode {
     name: At<String>,
+    metrics_address: Option<At<Option<std::net::SocketAddr>>>,
 }
 
 #[derive(Debug)]
@@ -581,8 +587,14 @@ fn locate(raw: raw::Config, lines: &LineIndex, errors: &mut Errors) -> LocatedCo
         value: s.into_inner(),
     };
 
-    let node = raw.node.map(|n| LocatedNode {
-        name: at(n.into_inner().name),
+    let node = raw.node.map(|n| {
+        let n = n.into_inner();
+        LocatedNode {
+            name: at(n.name),
+            metrics_address: n
+                .metrics_address
+                .map(|a| parse_at(at(a), "node metrics_address", parse_listen_address, errors)),
+        }
     });
 
     let connections = raw
@@ -758,6 +770,15 @@ fn parse_at<T>(
     }
 }
 
+/// A TCP listen address, IPv4 or IPv6 (`127.0.0.1:9469`, `[::1]:9469`).
+fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err("port must be 1..=65535".into()),
+        Ok(a) => Ok(a),
+        Err(_) => Err("not an address:port to listen on, e.g. \"127.0.0.1:9469\"".into()),
+    }
+}
+
 /// An IPv4 address with prefix length, host bits allowed (`169.254.100.1/30`).
 fn parse_interface_address(s: &str) -> Result<Ipv4Net, String> {
     match s.trim().parse::<IpNet>() {
@@ -863,8 +884,13 @@ impl LocatedConfig {
     /// Stage 3b: the public model. `None` only if a value failed to parse,
     /// which has been reported already.
     fn into_model(self, source: PathBuf) -> Option<Config> {
+        let node = self.node?;
         let node = Node {
-            name: self.node?.name.value,
+            name: node.name.value,
+            metrics_address: match node.metrics_address {
+                Some(a) => Some(a.value?),
+                None => None,
+            },
         };
         let connections = self
             .connections
@@ -1794,6 +1820,7 @@ routes = ["10.0.0.0/16"]
             source: PathBuf::from(FILE),
             node: Node {
                 name: "gw-1".into(),
+                metrics_address: None,
             },
             connections: vec![Connection {
                 name: "line-a".into(),
@@ -1959,6 +1986,26 @@ routes = ["10.0.0.0/16"]
         }
         let ok = "A-z_0.9".repeat(9); // 63 chars
         Config::parse(&example_with(2, &format!("name = \"{ok}\"")), FILE).expect("valid name");
+    }
+
+    #[test]
+    fn metrics_address_must_be_a_listen_address() {
+        for bad in ["9469", "localhost:9469", "127.0.0.1", "127.0.0.1:0"] {
+            assert_one_error(
+                &example_with(2, &format!("name = \"gw-1\"\nmetrics_address = \"{bad}\"")),
+                3,
+                bad,
+                "node metrics_address",
+            );
+        }
+        let c = Config::parse(
+            &example_with(2, "name = \"gw-1\"\nmetrics_address = \"[::1]:9469\""),
+            FILE,
+        )
+        .expect("valid address");
+        assert_eq!(c.node.metrics_address, Some("[::1]:9469".parse().unwrap()));
+        let c = Config::parse(&example_with(2, "name = \"gw-1\""), FILE).expect("valid");
+        assert_eq!(c.node.metrics_address, None, "off by default");
     }
 
     #[test]

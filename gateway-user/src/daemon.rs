@@ -21,10 +21,10 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     datapath::{self, Datapath},
-    ebpf, netdev,
+    ebpf, metrics, netdev,
     plan::{self, Plan},
     probe::Prober,
-    stats::{fates_of, PortStats, Snapshot, TunnelStats},
+    stats::{fates_of, DaemonStats, PortStats, Snapshot, TunnelStats},
 };
 
 #[derive(Clone, Debug)]
@@ -48,6 +48,9 @@ struct State {
     plan: Plan,
     /// ifindex -> interface name of every port the program is attached to.
     ports: BTreeMap<u32, String>,
+    /// The metrics endpoint in use (changing it needs a restart).
+    metrics_address: Option<std::net::SocketAddr>,
+    daemon_stats: DaemonStats,
 }
 
 fn load_config(path: &Path) -> Result<Config> {
@@ -116,6 +119,15 @@ impl State {
 
     /// Re-reads the config; on any error nothing changes.
     fn reload(&mut self) -> Result<()> {
+        let result = self.reload_inner();
+        match result {
+            Ok(()) => self.daemon_stats.reloads_applied += 1,
+            Err(_) => self.daemon_stats.reloads_rejected += 1,
+        }
+        result
+    }
+
+    fn reload_inner(&mut self) -> Result<()> {
         let config = load_config(&self.config_path)?;
         if config.node.name != self.node {
             bail!(
@@ -124,7 +136,16 @@ impl State {
                 config.node.name
             );
         }
-        self.converge(&config)
+        self.converge(&config)?;
+        if config.node.metrics_address.is_some()
+            && config.node.metrics_address != self.metrics_address
+        {
+            warn!(
+                "node.metrics_address changed to {:?}; the endpoint stays where it is until gatewayd restarts",
+                config.node.metrics_address
+            );
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Result<Snapshot> {
@@ -181,6 +202,7 @@ impl State {
             tunnels,
             connections: port_stats(names::CONNECTION_COUNTERS, &self.plan.connection_meta)?,
             gateways: port_stats(names::GATEWAY_COUNTERS, &self.plan.gateway_meta)?,
+            daemon: self.daemon_stats.clone(),
         })
     }
 
@@ -222,13 +244,28 @@ pub enum Start {
     Fresh,
 }
 
-pub async fn run(config_path: &Path, paths: &Paths, start: Start) -> Result<()> {
+/// What `gatewayd run` was asked for on its command line.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub start: Start,
+    /// Overrides `[node] metrics_address`.
+    pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+pub async fn run(config_path: &Path, paths: &Paths, options: &RunOptions) -> Result<()> {
+    let start = options.start;
     let config = load_config(config_path)?;
     preflight()?;
     datapath::check_bpffs(&paths.bpffs)?;
     let node = config.node.name.clone();
     let socket_path = paths.socket(&node);
     claim_socket(&socket_path).await?;
+    let metrics_address = options.metrics_address.or(config.node.metrics_address);
+    // Bound before anything is loaded: a taken port fails the start cleanly.
+    let metrics_listener = match metrics_address {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     let pin_dir = datapath::pin_dir(&paths.bpffs, &node);
     if start == Start::Fresh && pin_dir.exists() {
@@ -264,6 +301,8 @@ pub async fn run(config_path: &Path, paths: &Paths, start: Start) -> Result<()> 
         dp,
         plan: Plan::default(),
         ports: BTreeMap::new(),
+        metrics_address,
+        daemon_stats: DaemonStats::default(),
     };
     if let Err(e) = state.converge(&config) {
         if !pins_existed {
@@ -295,6 +334,13 @@ pub async fn run(config_path: &Path, paths: &Paths, start: Start) -> Result<()> 
     let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(serve_control(listener, state.clone(), down_tx));
     tokio::spawn(probe_peers(state.clone()));
+    if let Some(listener) = metrics_listener {
+        let state = state.clone();
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::new(move || lock(&state).snapshot()),
+        ));
+    }
     crate::service::notify_ready();
 
     let mut term = signal(SignalKind::terminate())?;

@@ -51,6 +51,10 @@ enum Command {
         /// peer MACs.
         #[arg(long)]
         fresh: bool,
+        /// Serve Prometheus metrics at http://ADDRESS/metrics (overrides
+        /// `[node] metrics_address`; off when neither is set).
+        #[arg(long, value_name = "ADDRESS:PORT")]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Detach the datapath from every port and remove its pins (asks the
     /// running daemon to do it and exit, or does it itself when none runs).
@@ -69,8 +73,18 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh in place every --interval with rates (pps, bits/s, drops/s)
+        /// per tunnel and port, until interrupted (or --count refreshes).
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, default_value_t = 1.0, requires = "watch", value_parser = parse_interval)]
+        interval: f64,
+        /// Stop --watch after this many refreshes.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
     },
     /// Ask the running daemon to re-read its config (like SIGHUP), and
     /// report whether it was applied.
@@ -128,13 +142,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Run { config, fresh } => {
-            let start = if fresh {
-                daemon::Start::Fresh
-            } else {
-                daemon::Start::Adopt
+        Command::Run {
+            config,
+            fresh,
+            metrics_address,
+        } => {
+            let options = daemon::RunOptions {
+                start: if fresh {
+                    daemon::Start::Fresh
+                } else {
+                    daemon::Start::Adopt
+                },
+                metrics_address,
             };
-            runtime()?.block_on(daemon::run(&config, &paths, start))?;
+            runtime()?.block_on(daemon::run(&config, &paths, &options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Down { config, node } => {
@@ -151,7 +172,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stats { config, node, json } => {
+        Command::Stats {
+            config,
+            node,
+            watch: true,
+            interval,
+            count,
+            ..
+        } => {
+            let socket = socket_for(&paths, config, node)?;
+            runtime()?.block_on(watch_stats(&socket, interval, count))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats {
+            config, node, json, ..
+        } => {
             let socket = socket_for(&paths, config, node)?;
             let value = runtime()?.block_on(daemon::request(&socket, "stats"))?;
             if json {
@@ -173,6 +208,53 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err("an interval in seconds from 0.1 to 3600".into()),
+    }
+}
+
+/// `gatewayd stats --watch`: a rates table per interval; on a terminal
+/// each refresh redraws the screen, otherwise tables follow each other.
+async fn watch_stats(socket: &std::path::Path, interval: f64, count: Option<u64>) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let fetch = || async {
+        let value = daemon::request(socket, "stats").await?;
+        let snapshot: Snapshot = serde_json::from_value(value)?;
+        Ok::<_, anyhow::Error>((snapshot, std::time::Instant::now()))
+    };
+    let (mut prev, mut at) = fetch().await?;
+    let mut shown = 0u64;
+    while count.is_none_or(|n| shown < n) {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(interval)).await;
+        let (cur, now) = fetch().await?;
+        let secs = now.duration_since(at).as_secs_f64();
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Home + clear: redraw in place.
+            write!(out, "\x1b[H\x1b[2J")?;
+        } else if shown > 0 {
+            writeln!(out)?;
+        }
+        writeln!(
+            out,
+            "node {}  rates over {secs:.1} s  (every {interval} s; Ctrl-C to stop)",
+            cur.node
+        )?;
+        write!(
+            out,
+            "{}",
+            gateway_user::stats::render_rates(&prev, &cur, secs)
+        )?;
+        out.flush()?;
+        (prev, at) = (cur, now);
+        shown += 1;
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -12,6 +12,15 @@ pub struct Snapshot {
     pub tunnels: Vec<TunnelStats>,
     pub connections: Vec<PortStats>,
     pub gateways: Vec<PortStats>,
+    #[serde(default)]
+    pub daemon: DaemonStats,
+}
+
+/// The daemon's own activity since it started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DaemonStats {
+    pub reloads_applied: u64,
+    pub reloads_rejected: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -123,6 +132,105 @@ pub fn render_table(s: &Snapshot) -> String {
     out
 }
 
+/// `gatewayd stats --watch`: rates between two snapshots `secs` apart, one
+/// row per tunnel (pps and bits/s each way, drops/s with the reasons that
+/// moved), then the ports' drop rates.
+pub fn render_rates(prev: &Snapshot, cur: &Snapshot, secs: f64) -> String {
+    let secs = secs.max(1e-3);
+    let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
+    let moved = |now: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>| {
+        let parts: Vec<String> = now
+            .iter()
+            .filter_map(|(k, v)| {
+                let r = rate(*v, before.get(k).copied().unwrap_or(0));
+                (r > 0.0).then(|| format!("{k}={}", si(r)))
+            })
+            .collect();
+        if parts.is_empty() {
+            "-".to_owned()
+        } else {
+            parts.join(" ")
+        }
+    };
+    let mut rows: Vec<Vec<String>> = vec![vec![
+        "TUNNEL".into(),
+        "GATEWAY".into(),
+        "CONNECTION".into(),
+        "VLAN".into(),
+        "RX_PPS".into(),
+        "RX_BPS".into(),
+        "TX_PPS".into(),
+        "TX_BPS".into(),
+        "DROPS/S".into(),
+        "PEER".into(),
+    ]];
+    for t in &cur.tunnels {
+        // A tunnel new since the last refresh counts from zero.
+        let p = prev
+            .tunnels
+            .iter()
+            .find(|p| p.name == t.name)
+            .cloned()
+            .unwrap_or_default();
+        rows.push(vec![
+            t.name.clone(),
+            t.gateway.clone(),
+            t.connection.clone(),
+            t.vlan.to_string(),
+            si(rate(t.rx_packets, p.rx_packets)),
+            si(8.0 * rate(t.rx_bytes, p.rx_bytes)),
+            si(rate(t.tx_packets, p.tx_packets)),
+            si(8.0 * rate(t.tx_bytes, p.tx_bytes)),
+            moved(&t.drops, &p.drops),
+            t.peer_mac.clone().unwrap_or_else(|| "unresolved".into()),
+        ]);
+    }
+    let mut out = align(&rows);
+    let mut ports: Vec<Vec<String>> = vec![vec![
+        "PORT".into(),
+        "INTERFACE".into(),
+        "RX_PPS".into(),
+        "TX_PPS".into(),
+        "DROPS/S".into(),
+    ]];
+    for (kind, now, before) in [
+        ("connection", &cur.connections, &prev.connections),
+        ("gateway", &cur.gateways, &prev.gateways),
+    ] {
+        for c in now {
+            let b = before
+                .iter()
+                .find(|b| b.name == c.name)
+                .cloned()
+                .unwrap_or_default();
+            ports.push(vec![
+                format!("{kind} {}", c.name),
+                c.interface.clone(),
+                si(rate(c.rx_packets, b.rx_packets)),
+                si(rate(c.tx_packets, b.tx_packets)),
+                moved(&c.drops, &b.drops),
+            ]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&align(&ports));
+    out
+}
+
+/// 1234567.0 -> "1.23M": rates at a glance.
+fn si(v: f64) -> String {
+    for (limit, suffix) in [(1e9, "G"), (1e6, "M"), (1e3, "k")] {
+        if v >= limit {
+            return format!("{:.2}{suffix}", v / limit);
+        }
+    }
+    if v == 0.0 || v >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 fn align(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -190,5 +298,52 @@ mod tests {
         }
         assert_eq!(t["drops"]["unknown_vlan"], 3);
         assert_eq!(t["drops"]["no_route"], 0);
+    }
+
+    #[test]
+    fn rates_are_deltas_over_the_interval() {
+        let tunnel = |rx: u64, no_route: u64| TunnelStats {
+            name: "dct-a-100".into(),
+            gateway: "g".into(),
+            connection: "c".into(),
+            vlan: 100,
+            rx_packets: rx,
+            rx_bytes: rx * 100,
+            drops: [("no_route".to_string(), no_route)].into_iter().collect(),
+            ..Default::default()
+        };
+        let prev = Snapshot {
+            tunnels: vec![tunnel(1_000, 4)],
+            ..Default::default()
+        };
+        let mut cur = Snapshot {
+            tunnels: vec![tunnel(3_001_000, 10)],
+            ..Default::default()
+        };
+        // A tunnel added between the two snapshots counts from zero.
+        cur.tunnels.push(TunnelStats {
+            name: "dct-new".into(),
+            gateway: "g".into(),
+            connection: "c".into(),
+            tx_packets: 20,
+            ..Default::default()
+        });
+        let text = render_rates(&prev, &cur, 2.0);
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name}:\n{text}"))
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let a = row("dct-a-100");
+        // 3M packets in 2 s; 300 MB * 8 bits in 2 s.
+        assert_eq!(
+            a[4..10],
+            ["1.50M", "1.20G", "0", "0", "no_route=3.0", "unresolved"]
+        );
+        let n = row("dct-new");
+        assert_eq!(n[6], "10", "{text}");
     }
 }
