@@ -94,6 +94,17 @@ enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Install this binary, the systemd unit `gatewayd@.service` and an
+    /// example config (then: write /etc/gatewayd/NODE.toml and
+    /// `systemctl enable --now gatewayd@NODE`).
+    Install {
+        /// Staging root to install under (packaging); `/` for the node itself.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Prefix of the binary (`PREFIX/sbin/gatewayd`), as the unit runs it.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
     /// Lab tooling: emulate a customer router's 802.1Q sub-interfaces on a
     /// trunk veth (tc programs that tag by source MAC and untag on ingress),
     /// for kernels without the 8021q module. Used by tests and the demo.
@@ -194,6 +205,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 let snapshot: Snapshot = serde_json::from_value(value)?;
                 print!("{}", render_table(&snapshot));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install { root, prefix } => {
+            for path in gateway_user::service::install(&root, &prefix)? {
+                println!("installed {}", path.display());
+            }
+            if root == std::path::Path::new("/") {
+                println!(
+                    "next: write /etc/gatewayd/NODE.toml (see /etc/gatewayd/example.toml), then"
+                );
+                println!("      systemctl daemon-reload && systemctl enable --now gatewayd@NODE");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -365,6 +365,11 @@ impl GatewayLab {
     /// `start_daemon` with extra `gatewayd run` arguments (e.g. `--fresh`).
     /// The log of an earlier run is kept: this run's log is appended.
     pub fn start_daemon_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.start_daemon_env(extra, &[])
+    }
+
+    /// `start_daemon_with` plus environment variables for gatewayd.
+    pub fn start_daemon_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> Result<()> {
         if self.daemon.is_some() {
             bail!("daemon already running");
         }
@@ -375,8 +380,11 @@ impl GatewayLab {
         let config = self.config.to_string_lossy().into_owned();
         let mut args = vec!["run", "-c", &config];
         args.extend_from_slice(extra);
-        let child = self
-            .gatewayd_cmd(&args)
+        let mut cmd = self.gatewayd_cmd(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -443,6 +451,17 @@ impl GatewayLab {
             }
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Sends `signal` to the running daemon.
+    pub fn signal_daemon(&self, signal: i32) -> Result<()> {
+        let child = self.daemon.as_ref().context("no daemon running")?;
+        // nsenter execs gatewayd in place: the child's pid is gatewayd's.
+        // SAFETY: signalling our own child.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// SIGKILL, as a crash or an OOM kill would: nothing is cleaned up.

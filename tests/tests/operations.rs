@@ -433,3 +433,44 @@ fn run_refuses_a_taken_metrics_address_before_touching_anything() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn bpftool_shows_field_names_for_every_pinned_map() -> Result<()> {
+    let mut lab = GatewayLab::build(&gatewayd_path())?;
+    lab.start_daemon()?;
+    let mut maps = 0;
+    for entry in std::fs::read_dir(lab.pin_dir())? {
+        let path = entry?.path();
+        if path.is_dir() {
+            continue; // links/
+        }
+        maps += 1;
+        let text = tests::run(
+            "bpftool",
+            &["-j", "map", "dump", "pinned", &path.to_string_lossy()],
+        )?;
+        let dump: Value = serde_json::from_str(&text)?;
+        let entries = dump.as_array().expect("a JSON array");
+        // With BTF, bpftool adds a "formatted" rendering (field names) to
+        // every entry; without it only hex bytes. Empty maps prove nothing.
+        if let Some(first) = entries.first() {
+            assert!(
+                first.get("formatted").is_some(),
+                "{}: no BTF field names in {first}",
+                path.display()
+            );
+        }
+    }
+    assert!(maps >= 13, "every map pinned ({maps})");
+    let tunnels = tests::run(
+        "bpftool",
+        &[
+            "map",
+            "dump",
+            "pinned",
+            &lab.pin_dir().join("TUNNEL_BY_VLAN").to_string_lossy(),
+        ],
+    )?;
+    assert!(tunnels.contains("\"peer_ip\""), "{tunnels}");
+    Ok(())
+}

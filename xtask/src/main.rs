@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Workspace tasks: setup, test, demo"
+    about = "Workspace tasks: setup, test, demo, install"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,6 +43,14 @@ enum Task {
     /// topology with the example config: traffic both ways, drops, stats
     /// (root only). Cleans up, also on Ctrl-C.
     Demo,
+    /// Run setup, build gatewayd in release mode and install it with its
+    /// systemd unit (`gatewayd install`): /usr/local/sbin/gatewayd,
+    /// /etc/systemd/system/gatewayd@.service, /etc/gatewayd/example.toml.
+    Install {
+        /// Arguments for `gatewayd install` (e.g. --root DIR --prefix /opt).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 /// The workspace root: the parent of this crate's manifest directory, so the
@@ -71,6 +79,37 @@ fn main() -> ExitCode {
             test_args,
         } => test::run(quick_unit, &test_args),
         Task::Demo => demo(),
+        Task::Install { args } => install(&args),
+    }
+}
+
+fn install(args: &[String]) -> ExitCode {
+    if let Err(e) = setup::run() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let root = workspace_root();
+    println!("==> cargo build --release -p gateway-user");
+    let built = cmd::cargo()
+        .args(["build", "--release", "-p", "gateway-user"])
+        .current_dir(&root)
+        .status();
+    if !matches!(built, Ok(s) if s.success()) {
+        eprintln!("install: cargo build --release failed ({built:?})");
+        return ExitCode::FAILURE;
+    }
+    let gatewayd = cmd::target_dir(&root).join("release").join("gatewayd");
+    println!("==> {} install {}", gatewayd.display(), args.join(" "));
+    match std::process::Command::new(&gatewayd)
+        .arg("install")
+        .args(args)
+        .status()
+    {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        other => {
+            eprintln!("install: gatewayd install failed ({other:?})");
+            ExitCode::FAILURE
+        }
     }
 }
 

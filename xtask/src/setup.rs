@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("traceroute", "traceroute"),
     ("procps", "sysctl"),
+    // systemd-analyze checks the shipped unit file (tests/tests/packaging.rs).
+    ("systemd", "systemd-analyze"),
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
