@@ -85,6 +85,42 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Refuses to adopt pinned maps whose shape differs from what `object`
+/// defines (an upgrade that changed a key, value or capacity): aya would
+/// reuse them as they are, and user space and the program would then read
+/// and write entries of the wrong size.
+pub fn check_pinned_maps(object: &[u8], pin_dir: &Path) -> Result<()> {
+    let obj = aya_obj::Object::parse(object).context("parsing the embedded eBPF object")?;
+    let mut mismatches = Vec::new();
+    for name in names::ALL {
+        let pin = pin_dir.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let Some(want) = obj.maps.get(*name) else {
+            continue;
+        };
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading pinned map {}", pin.display()))?;
+        let have = (info.key_size(), info.value_size(), info.max_entries());
+        let need = (want.key_size(), want.value_size(), want.max_entries());
+        if have != need {
+            mismatches.push(format!(
+                "{name}: pinned (key {}, value {}, entries {}) but this gatewayd needs (key {}, value {}, entries {})",
+                have.0, have.1, have.2, need.0, need.1, need.2
+            ));
+        }
+    }
+    if !mismatches.is_empty() {
+        bail!(
+            "the maps pinned in {} were made by a gatewayd with a different map layout:\n  {}\n`gatewayd run --fresh` recreates them: XDP is detached until re-attached, counters and learned peer MACs reset",
+            pin_dir.display(),
+            mismatches.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 /// What `Datapath::attach` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachOutcome {
@@ -111,6 +147,7 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the program and creates (or reuses) the pinned maps.
     pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self> {
+        check_pinned_maps(object, pin_dir)?;
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating pin folder {}", pin_dir.display()))?;
         let mut loader = EbpfLoader::new();

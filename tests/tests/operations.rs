@@ -234,6 +234,38 @@ fn fresh_resets_state_and_down_removes_the_datapath() -> Result<()> {
     lab.stop_daemon()?;
     assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
 
+    // An "upgrade" whose map layout differs: a pinned map of another shape.
+    // Adopting it would make both sides read entries of the wrong size, so
+    // run refuses, names the map, and points at --fresh; traffic goes on.
+    let pin = lab.pin_dir().join("NODE_COUNTERS");
+    std::fs::remove_file(&pin)?;
+    tests::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            &pin.to_string_lossy(),
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            "NODE_COUNTERS",
+        ],
+    )?;
+    let err = lab.start_daemon().expect_err("incompatible pinned map");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("NODE_COUNTERS: pinned (key 4, value 8, entries 1)")
+            && msg.contains("--fresh"),
+        "{msg}"
+    );
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
+
     lab.start_daemon_with(&["--fresh"])?;
     assert!(
         lab.log().contains("--fresh: removed"),
