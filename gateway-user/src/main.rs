@@ -20,6 +20,16 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, global = true, default_value = "info", env = "GATEWAYD_LOG")]
     log_level: String,
+    /// Log lines as human-readable text or as one JSON object per line
+    /// (timestamp, level, target, message and fields) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "GATEWAYD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     /// bpffs mount under which maps are pinned (<bpffs>/gatewayd/<node>/).
     #[arg(long, global = true, default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
@@ -28,6 +38,12 @@ struct Cli {
     run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,13 +130,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "gatewayd: --log-level {:?}: {e} (use error, warn, info, debug, trace or a tracing filter)",
+                cli.log_level
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {

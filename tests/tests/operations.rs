@@ -534,3 +534,27 @@ fn bpftool_shows_field_names_for_every_pinned_map() -> Result<()> {
     assert!(tunnels.contains("\"peer_ip\""), "{tunnels}");
     Ok(())
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_including_ebpf_lines() -> Result<()> {
+    let mut lab = GatewayLab::build(&gatewayd_path())?;
+    lab.start_daemon_with(&["--log-format", "json"])?;
+    lab.wait_peers_learned(Duration::from_secs(10))?;
+    let log = lab.log();
+    let mut ebpf_line = None;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        let message = v["fields"]["message"].as_str().unwrap_or_default();
+        if message.contains("peer router MAC") {
+            ebpf_line = Some(v.clone());
+        }
+    }
+    let ebpf_line = ebpf_line.unwrap_or_else(|| panic!("no eBPF log line in:\n{log}"));
+    assert_eq!(ebpf_line["level"], "INFO", "{ebpf_line}");
+    Ok(())
+}
