@@ -681,6 +681,19 @@ fn terminate(child: &mut Child, grace: Duration) -> Result<Option<std::process::
     Ok(None)
 }
 
+/// The entry of tunnel `name` in a `gatewayd stats --json` document.
+pub fn tunnel<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["tunnels"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("tunnel {name} missing in {stats}"))
+}
+
+/// A counter of a stats document.
+pub fn num(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
 /// A ping running in the background (continuous traffic while a test
 /// reloads or restarts the daemon).
 pub struct BackgroundPing {

@@ -10,21 +10,10 @@ use serde_json::Value;
 use tests::{
     gatewayd_path,
     topology::{
-        ping, GatewayLab, IDC_HOST, LOCAL_IP_100, LOCAL_IP_200, UNKNOWN_VLAN_DST, VPC_PROD_HOST,
-        VPC_TEST_HOST,
+        num, ping, tunnel, GatewayLab, IDC_HOST, LOCAL_IP_100, LOCAL_IP_200, UNKNOWN_VLAN_DST,
+        VPC_PROD_HOST, VPC_TEST_HOST,
     },
 };
-
-fn tunnel<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["tunnels"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("tunnel {name} missing in {stats}"))
-}
-
-fn num(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
 
 #[test]
 fn idc_and_vpcs_talk_through_the_gateway() -> Result<()> {

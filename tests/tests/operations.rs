@@ -8,19 +8,10 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 use tests::{
     gatewayd_path,
-    topology::{config_text, BackgroundPing, GatewayLab, VPC_PROD_HOST, VPC_TEST_HOST},
+    topology::{
+        config_text, num, tunnel, BackgroundPing, GatewayLab, VPC_PROD_HOST, VPC_TEST_HOST,
+    },
 };
-
-fn tunnel<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["tunnels"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("tunnel {name} missing from stats: {stats}"))
-}
-
-fn num(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
 
 /// A lab with the daemon up, peers learned and neighbours frozen, so no
 /// ARP exchange can make a packet wait or drop while a test counts.
