@@ -198,6 +198,28 @@ pub fn run(gatewayd: &Path) -> Result<()> {
     );
     println!("    (dropped by the gateway; counted as unknown_vlan on connection line-a)");
 
+    step("gatewayd killed (-9) and restarted while the IDC host pings every 5 ms")?;
+    let mut background =
+        crate::topology::BackgroundPing::start(&lab.idchost, VPC_TEST_HOST, 600, "0.005")?;
+    std::thread::sleep(Duration::from_millis(300));
+    lab.kill_daemon()?;
+    println!("    daemon gone; the pinned XDP program keeps forwarding");
+    std::thread::sleep(Duration::from_millis(800));
+    lab.start_daemon()?;
+    println!(
+        "    restarted: pinned maps and links adopted, program swapped in with bpf_link_update"
+    );
+    let still_running = background.running()?;
+    let (sent, received) = background.finish()?;
+    println!(
+        "    {sent} echo requests, {received} replies{}",
+        if still_running {
+            ""
+        } else {
+            " (the ping ended before the restart did)"
+        }
+    );
+
     step("gatewayd stats")?;
     print!("{}", lab.stats_table()?);
 
