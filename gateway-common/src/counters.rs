@@ -66,10 +66,16 @@ pub enum Fate {
     /// An ICMP error whose embedded packet is too short or malformed to be
     /// translated along with the outer header.
     NatIcmpMalformed = 21,
+    /// Over the tunnel's `bandwidth_mbps` in this direction: the token
+    /// bucket was empty.
+    RateLimited = 22,
+    /// Every tunnel of the route's next-hop group is down (health probes
+    /// unanswered or the connection's link down).
+    NexthopDown = 23,
 }
 
 /// Number of fates; length of `Counters::fates`.
-pub const FATE_COUNT: usize = 22;
+pub const FATE_COUNT: usize = 24;
 
 /// How a fate is reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +109,8 @@ impl Fate {
         Fate::OtherHost,
         Fate::NatFragment,
         Fate::NatIcmpMalformed,
+        Fate::RateLimited,
+        Fate::NexthopDown,
     ];
 
     /// The name used in `gatewayd stats`, JSON and metrics labels.
@@ -130,6 +138,8 @@ impl Fate {
             Fate::OtherHost => "other_host",
             Fate::NatFragment => "nat_fragment",
             Fate::NatIcmpMalformed => "nat_icmp_malformed",
+            Fate::RateLimited => "rate_limited",
+            Fate::NexthopDown => "nexthop_down",
         }
     }
 

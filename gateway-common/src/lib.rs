@@ -28,6 +28,8 @@ pub mod map_names {
     pub const NODE_COUNTERS: &str = "NODE_COUNTERS";
     pub const IP_MAPPINGS: &str = "IP_MAPPINGS";
     pub const PORT_MAPPINGS: &str = "PORT_MAPPINGS";
+    pub const TUNNEL_HEALTH: &str = "TUNNEL_HEALTH";
+    pub const BANDWIDTH: &str = "BANDWIDTH";
     /// Every map the daemon pins, in one list.
     pub const ALL: &[&str] = &[
         PORTS,
@@ -43,6 +45,8 @@ pub mod map_names {
         NODE_COUNTERS,
         IP_MAPPINGS,
         PORT_MAPPINGS,
+        TUNNEL_HEALTH,
+        BANDWIDTH,
     ];
 }
 
@@ -143,8 +147,12 @@ pub struct Tunnel {
     /// MAC of the connection's trunk port: source of frames sent to the IDC.
     pub connection_mac: [u8; 6],
     pub _pad2: [u8; 2],
+    /// Cap per direction in Mbit/s of whole frames (802.1Q tag included),
+    /// enforced by a token bucket in `BANDWIDTH`; 0 = no cap.
+    pub bandwidth_mbps: u32,
+    pub _pad3: u32,
 }
-const _: () = assert!(core::mem::size_of::<Tunnel>() == 40);
+const _: () = assert!(core::mem::size_of::<Tunnel>() == 48);
 
 pub mod tunnel_flags {
     /// Slot holds a configured tunnel (arrays have no "absent" entries).
@@ -222,17 +230,71 @@ pub struct Route {
 }
 const _: () = assert!(core::mem::size_of::<Route>() == 8);
 
-/// `NEXTHOP_GROUPS[group id]`: the tunnels that carry a set of prefixes.
-/// A flow is pinned to `tunnels[hash(5-tuple) % count]`.
+/// `NEXTHOP_GROUPS[group id]`: the tunnels that carry a set of prefixes,
+/// sorted by (priority, tunnel id). The datapath uses the members of the
+/// best priority whose `TUNNEL_HEALTH` is up (the "live tier") and pins a
+/// flow to the `hash(5-tuple) % n`-th of those n members, so a flow stays
+/// on one line while the live tier is unchanged.
+///
+/// The group itself is a pure function of the config: health never
+/// rewrites it (see `TunnelHealth`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NexthopGroup {
     /// Number of valid entries in `tunnels` (0 = group unused).
     pub count: u32,
-    /// Tunnel ids.
+    /// Tunnel ids, sorted by (priority, id).
     pub tunnels: [u32; limits::MAX_NEXTHOPS],
+    /// `priorities[i]` is the configured priority of `tunnels[i]`; lower wins.
+    pub priorities: [u16; limits::MAX_NEXTHOPS],
 }
-const _: () = assert!(core::mem::size_of::<NexthopGroup>() == 4 + 4 * limits::MAX_NEXTHOPS);
+const _: () = assert!(
+    core::mem::size_of::<NexthopGroup>() == 4 + 4 * limits::MAX_NEXTHOPS + 2 * limits::MAX_NEXTHOPS
+);
+
+/// `TUNNEL_HEALTH[tunnel id]`, written only by the daemon's health prober.
+///
+/// Failover is this one 4-byte write per tunnel: every next-hop group that
+/// holds the tunnel sees it at once, whatever the number of groups and
+/// routes, and an aligned u32 is never seen half-written (a rewritten
+/// group value could be: array map updates are plain copies). The price is
+/// at most `MAX_NEXTHOPS` (inlined) array lookups per VPC -> IDC packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelHealth {
+    /// 0 = up (the default, so a new tunnel carries traffic at once);
+    /// otherwise the `down_reason` bits.
+    pub down: u32,
+}
+const _: () = assert!(core::mem::size_of::<TunnelHealth>() == 4);
+
+pub mod down_reason {
+    /// The customer router stopped answering the health probes.
+    pub const PROBES: u32 = 1;
+    /// The connection's port has no carrier / is down.
+    pub const LINK: u32 = 2;
+}
+
+/// Which of a tunnel's two buckets in `BANDWIDTH`: slot `2 * id + dir`.
+pub mod bandwidth_dir {
+    /// IDC -> VPC (received on the tunnel).
+    pub const TO_VPC: u32 = 0;
+    /// VPC -> IDC (sent on the tunnel).
+    pub const TO_IDC: u32 = 1;
+}
+
+/// `BANDWIDTH[2 * tunnel id + dir]`: a token bucket kept as a virtual
+/// clock (GCRA), written only by the datapath (see
+/// gateway-ebpf/src/ratelimit.rs). All zero is a valid start: the first
+/// frame finds the bucket full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Theoretical arrival time, in 1/16 ns of `bpf_ktime_get_ns()`: when
+    /// the tunnel will have sent, at its cap, everything admitted so far.
+    pub tat: u64,
+}
+const _: () = assert!(core::mem::size_of::<TokenBucket>() == 8);
 
 /// Which translation an `IP_MAPPINGS` entry performs. The kind is the first
 /// byte of the key, so one LPM trie holds all four tables.
@@ -360,6 +422,8 @@ mod pod {
     unsafe impl aya::Pod for IpMapping {}
     unsafe impl aya::Pod for PortMappingKey {}
     unsafe impl aya::Pod for PortMapping {}
+    unsafe impl aya::Pod for TunnelHealth {}
+    unsafe impl aya::Pod for TokenBucket {}
 }
 const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());
 

@@ -8,7 +8,7 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use gateway_common::{
-    nexthop_kind,
+    bandwidth_dir, nexthop_kind,
     vlan::{TPID_8021Q, VID_MASK},
     Fate, Port, RouteKey, Tunnel, VlanKey,
 };
@@ -21,6 +21,7 @@ use crate::{
     maps::{GATEWAYS, ROUTES, TUNNEL_BY_VLAN},
     nat,
     packet::{self, frame_len, ptr_at, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, VLAN_ETH_LEN},
+    ratelimit,
 };
 
 #[inline(always)]
@@ -108,6 +109,10 @@ fn ipv4(
     }
     if ip.ttl() <= 1 {
         counters::fate(owner, Fate::TtlExceeded);
+        return DROP;
+    }
+    if !ratelimit::allow(tunnel, bandwidth_dir::TO_VPC, frame_len(ctx)) {
+        counters::fate(owner, Fate::RateLimited);
         return DROP;
     }
     let Some(gateway) = GATEWAYS.get(tunnel.gateway_id).copied() else {

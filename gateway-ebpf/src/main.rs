@@ -2,6 +2,10 @@
 //! role (connection trunk or VPC port) picks the pipeline.
 #![no_std]
 #![no_main]
+// Atomic add/xchg on map values (ratelimit.rs): the target has no
+// read-modify-write atomic types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod counters;
 mod csum;
@@ -11,6 +15,7 @@ mod local;
 mod maps;
 mod nat;
 mod packet;
+mod ratelimit;
 mod vpc;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     limits::*, Counters, Gateway, IpMapping, MappingKey, NexthopGroup, PeerNeigh, Port,
-    PortMapping, PortMappingKey, Route, RouteKey, Tunnel, VlanKey,
+    PortMapping, PortMappingKey, Route, RouteKey, TokenBucket, Tunnel, TunnelHealth, VlanKey,
 };
 
 /// ifindex -> what the port is (connection trunk or VPC port) and its MAC.
@@ -67,3 +67,13 @@ pub static IP_MAPPINGS: LpmTrie<MappingKey, IpMapping, { MAX_IP_MAPPINGS as usiz
 #[btf_map]
 pub static PORT_MAPPINGS: HashMap<PortMappingKey, PortMapping, { MAX_PORT_MAPPINGS as usize }> =
     HashMap::new();
+
+/// tunnel id -> up, or down and why; written only by the daemon's health
+/// prober, read when a next-hop group picks a member.
+#[btf_map]
+pub static TUNNEL_HEALTH: Array<TunnelHealth, { MAX_TUNNELS as usize }> = Array::new();
+
+/// 2 * tunnel id + direction -> token bucket of a tunnel with a bandwidth
+/// cap; written only here, atomically.
+#[btf_map]
+pub static BANDWIDTH: Array<TokenBucket, { 2 * MAX_TUNNELS as usize }> = Array::new();

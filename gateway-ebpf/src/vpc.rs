@@ -6,15 +6,19 @@
 //! and goes to the kernel.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
-use gateway_common::{limits::MAX_NEXTHOPS, nexthop_kind, tunnel_flags, Fate, Port, RouteKey};
+use gateway_common::{
+    bandwidth_dir, limits::MAX_NEXTHOPS, nexthop_kind, tunnel_flags, Fate, NexthopGroup, Port,
+    RouteKey,
+};
 use network_types::eth::EthHdr;
 
 use crate::{
     counters::{self, Owner},
     forward::{self, DROP, PASS},
-    maps::{NEXTHOP_GROUPS, PEER_NEIGH, ROUTES, TUNNELS},
+    maps::{NEXTHOP_GROUPS, PEER_NEIGH, ROUTES, TUNNELS, TUNNEL_HEALTH},
     nat,
     packet::{self, frame_len, ptr_at, Ipv4, ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
+    ratelimit,
 };
 
 #[inline(always)]
@@ -56,20 +60,14 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
         counters::fate(gateway, Fate::NexthopInvalid);
         return DROP;
     };
-    let count = group.count;
-    if count == 0 || count as usize > MAX_NEXTHOPS {
+    if group.count == 0 || group.count as usize > MAX_NEXTHOPS {
         counters::fate(gateway, Fate::NexthopInvalid);
         return DROP;
     }
-    // One flow, one tunnel: no reordering within a flow.
-    let member = flow_hash(ctx, &ip) % count;
-    // LLVM knows member < count <= MAX_NEXTHOPS and would drop any bounds
-    // check; the verifier does not know it. A volatile reload hides the
-    // range from LLVM so the mask (a no-op in fact) reaches the verifier.
-    // SAFETY: reading a local.
-    let member = unsafe { core::ptr::read_volatile(&member) } as usize & (MAX_NEXTHOPS - 1);
-    let Some(&tunnel_id) = group.tunnels.get(member) else {
-        counters::fate(gateway, Fate::NexthopInvalid);
+    // One flow, one tunnel while the live tier is unchanged: no reordering
+    // within a flow.
+    let Some(tunnel_id) = pick_member(group, flow_hash(ctx, &ip)) else {
+        counters::fate(gateway, Fate::NexthopDown);
         return DROP;
     };
     let Some(tunnel) = TUNNELS.get(tunnel_id).copied() else {
@@ -92,6 +90,16 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
             return DROP;
         }
     };
+    // Charged with the 802.1Q tag it is about to get: the cap counts frames
+    // as they leave on the tunnel.
+    if !ratelimit::allow(
+        &tunnel,
+        bandwidth_dir::TO_IDC,
+        frame_len(ctx) + VLAN_TAG_LEN_BYTES,
+    ) {
+        counters::fate(owner, Fate::RateLimited);
+        return DROP;
+    }
     if let Err(fate) = nat::translate(ctx, &ip, nat::Direction::ToIdc, tunnel.id, port.id) {
         counters::fate(owner, fate);
         return DROP;
@@ -103,6 +111,60 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
     }
     counters::tx(owner, frame_len(ctx));
     forward::redirect(tunnel.connection_ifindex)
+}
+
+/// Size of the 802.1Q tag pushed on the way to the IDC.
+const VLAN_TAG_LEN_BYTES: usize = 4;
+
+/// The group member that carries the flow with hash `hash`: among the
+/// members whose tunnel is up, only those of the best (lowest) priority
+/// count (the "live tier"); the flow gets the `hash % n`-th of those n.
+/// None when every member is down.
+///
+/// Members are sorted by (priority, id), so the live tier is the run of up
+/// members starting at the first up one. Two passes over at most
+/// `MAX_NEXTHOPS` slots (unrolled): the first marks the live tier in a
+/// bitmask, the second picks from it; no variable stack indexing.
+#[inline(always)]
+fn pick_member(group: &NexthopGroup, hash: u32) -> Option<u32> {
+    let count = group.count as usize;
+    if count == 0 || count > MAX_NEXTHOPS {
+        return None;
+    }
+    let mut live: u32 = 0;
+    let mut n: u32 = 0;
+    let mut tier: u32 = u32::MAX;
+    for i in 0..MAX_NEXTHOPS {
+        if i >= count {
+            break;
+        }
+        let up = TUNNEL_HEALTH
+            .get(group.tunnels[i])
+            .is_some_and(|h| h.down == 0);
+        if !up {
+            continue;
+        }
+        let priority = group.priorities[i] as u32;
+        if priority > tier {
+            break;
+        }
+        tier = priority;
+        live |= 1 << i;
+        n += 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    let mut k = hash % n;
+    for i in 0..MAX_NEXTHOPS {
+        if live & (1 << i) != 0 {
+            if k == 0 {
+                return Some(group.tunnels[i]);
+            }
+            k -= 1;
+        }
+    }
+    None
 }
 
 /// Hash of the flow's 5-tuple (addresses and protocol only for fragments

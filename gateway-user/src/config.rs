@@ -115,9 +115,44 @@ pub struct Tunnel {
     /// port-mapped address of the gateway (its tunnels' peer mappings, its
     /// local IP and port mappings).
     pub peer_ip_mappings: Vec<IpMappingCfg>,
+    /// Among tunnels announcing the same prefix to one gateway, traffic uses
+    /// the healthy ones of the lowest priority (equal priorities share the
+    /// load by flow). 0..=65535, default [`DEFAULT_PRIORITY`].
+    pub priority: u16,
+    /// Cap per direction in Mbit/s (whole frames, 802.1Q tag included);
+    /// `None` = no cap.
+    pub bandwidth_mbps: Option<u32>,
+    /// `[tunnel.health]`: how the daemon probes the customer router.
+    pub health: HealthCfg,
     /// Line of the `[[tunnel]]` header.
     pub line: usize,
 }
+
+pub const DEFAULT_PRIORITY: u16 = 100;
+
+/// `[tunnel.health]`: the daemon ARPs for the tunnel's `peer_ip` every
+/// `interval_ms`; `down_after` unanswered probes in a row mark the tunnel
+/// down, `up_after` answered ones in a row mark it up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCfg {
+    pub interval_ms: u32,
+    pub down_after: u32,
+    pub up_after: u32,
+}
+
+impl Default for HealthCfg {
+    fn default() -> Self {
+        Self {
+            interval_ms: 200,
+            down_after: 3,
+            up_after: 3,
+        }
+    }
+}
+
+pub const BANDWIDTH_MBPS_MAX: i64 = 400_000;
+pub const HEALTH_INTERVAL_MS: (i64, i64) = (10, 60_000);
+pub const HEALTH_COUNT_MAX: i64 = 100;
 
 /// A stateless 1:1 address translation: a host (`/32`) or a whole prefix,
 /// host bits kept. `original` and `mapped` are canonical and have the same
@@ -487,6 +522,18 @@ mod raw {
         pub routes: Vec<Spanned<String>>,
         #[serde(default)]
         pub peer_ip_mapping: Vec<Spanned<IpMapping>>,
+        /// `i64` so that out-of-range values are collected errors.
+        pub priority: Option<Spanned<i64>>,
+        pub bandwidth_mbps: Option<Spanned<i64>>,
+        pub health: Option<Spanned<Health>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        pub interval_ms: Option<Spanned<i64>>,
+        pub down_after: Option<Spanned<i64>>,
+        pub up_after: Option<Spanned<i64>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -561,6 +608,11 @@ struct LocatedTunnel {
     peer_ip: At<Option<Ipv4Addr>>,
     routes: Vec<At<Option<Ipv4Net>>>,
     peer_ip_mappings: Vec<LocatedIpMapping>,
+    priority: Option<At<i64>>,
+    bandwidth_mbps: Option<At<i64>>,
+    interval_ms: Option<At<i64>>,
+    down_after: Option<At<i64>>,
+    up_after: Option<At<i64>>,
 }
 
 #[derive(Debug)]
@@ -720,7 +772,23 @@ fn locate(raw: raw::Config, lines: &LineIndex, errors: &mut Errors) -> LocatedCo
                     }
                 })
                 .collect();
+            let num = |v: Option<toml::Spanned<i64>>| {
+                v.map(|v| At {
+                    line: lines.line(v.span().start),
+                    value: v.into_inner(),
+                })
+            };
+            let health = t.health.map(|h| h.into_inner());
+            let (interval_ms, down_after, up_after) = match health {
+                Some(h) => (num(h.interval_ms), num(h.down_after), num(h.up_after)),
+                None => (None, None, None),
+            };
             LocatedTunnel {
+                priority: num(t.priority),
+                bandwidth_mbps: num(t.bandwidth_mbps),
+                interval_ms,
+                down_after,
+                up_after,
                 line,
                 name: at(t.name),
                 connection: at(t.connection),
@@ -951,6 +1019,26 @@ impl LocatedConfig {
                         .into_iter()
                         .map(LocatedIpMapping::into_model)
                         .collect::<Option<_>>()?,
+                    priority: match &t.priority {
+                        Some(p) => u16::try_from(p.value).ok()?,
+                        None => DEFAULT_PRIORITY,
+                    },
+                    bandwidth_mbps: match &t.bandwidth_mbps {
+                        Some(b) => Some(u32::try_from(b.value).ok()?),
+                        None => None,
+                    },
+                    health: {
+                        let d = HealthCfg::default();
+                        let get = |v: &Option<At<i64>>, default: u32| match v {
+                            Some(v) => u32::try_from(v.value).ok(),
+                            None => Some(default),
+                        };
+                        HealthCfg {
+                            interval_ms: get(&t.interval_ms, d.interval_ms)?,
+                            down_after: get(&t.down_after, d.down_after)?,
+                            up_after: get(&t.up_after, d.up_after)?,
+                        }
+                    },
                     line: t.line,
                 })
             })
@@ -1007,6 +1095,55 @@ fn validate(c: &LocatedConfig, errors: &mut Errors) {
     check_mapped_addresses_unique(c, errors);
     check_routes_not_mapped(c, errors);
     check_port_mappings_unique(c, errors);
+    check_tunnel_lines(c, errors);
+}
+
+/// Priority, bandwidth cap and health probe settings are in range.
+fn check_tunnel_lines(c: &LocatedConfig, errors: &mut Errors) {
+    let range = |v: &Option<At<i64>>, what: &str, lo: i64, hi: i64, why: &str, e: &mut Errors| {
+        if let Some(v) = v {
+            if !(lo..=hi).contains(&v.value) {
+                e.push(
+                    v.line,
+                    what,
+                    v.value,
+                    format!("must be in {lo}..={hi}{why}"),
+                );
+            }
+        }
+    };
+    for t in &c.tunnels {
+        range(
+            &t.priority,
+            "tunnel priority",
+            0,
+            u16::MAX as i64,
+            " (lower wins)",
+            errors,
+        );
+        range(
+            &t.bandwidth_mbps,
+            "tunnel bandwidth_mbps",
+            1,
+            BANDWIDTH_MBPS_MAX,
+            " Mbit/s; leave it out for no cap",
+            errors,
+        );
+        range(
+            &t.interval_ms,
+            "tunnel health interval_ms",
+            HEALTH_INTERVAL_MS.0,
+            HEALTH_INTERVAL_MS.1,
+            "",
+            errors,
+        );
+        for (v, what) in [
+            (&t.down_after, "tunnel health down_after"),
+            (&t.up_after, "tunnel health up_after"),
+        ] {
+            range(v, what, 1, HEALTH_COUNT_MAX, " probes", errors);
+        }
+    }
 }
 
 pub const NODE_NAME_MAX: usize = 64;
@@ -1847,6 +1984,9 @@ routes = ["10.0.0.0/16"]
                 peer_ip: Ipv4Addr::new(169, 254, 100, 2),
                 routes: vec![net("10.0.0.0/16")],
                 peer_ip_mappings: vec![],
+                priority: DEFAULT_PRIORITY,
+                bandwidth_mbps: None,
+                health: HealthCfg::default(),
                 line: 14,
             }],
         };
@@ -1954,14 +2094,14 @@ routes = ["10.0.0.0/16"]
             (2, "nmae = \"x\""),
             (6, "mtu = 9000"),
             (12, "vpc_cidr = \"1.0.0.0/8\""),
-            (21, "priority = 1"),
+            (21, "weight = 1"),
         ] {
             let errors = errors_of(&example_with(line, key));
             assert_eq!(errors.len(), 1, "{errors:#?}");
             assert_eq!(errors[0].line, line, "{}", errors[0]);
             assert!(errors[0].message.contains("unknown field"), "{}", errors[0]);
         }
-        let errors = errors_of(&example_plus("\n[[tunnel.health]]\ninterval = 1\n"));
+        let errors = errors_of(&example_plus("\n[[tunnel.bfd]]\ninterval = 1\n"));
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert!(errors[0].message.contains("unknown field"), "{}", errors[0]);
         let errors = errors_of(&example_plus("\n[extra]\nx = 1\n"));
@@ -2082,6 +2222,84 @@ routes = ["10.0.0.0/16"]
         for ok in [1, 4094] {
             Config::parse(&example_with(17, &format!("vlan = {ok}")), FILE).expect("valid vlan");
         }
+    }
+
+    #[test]
+    fn line_settings_parse_with_defaults() {
+        let config = Config::parse(
+            &example_plus(
+                "priority = 200\nbandwidth_mbps = 1000\n\n[tunnel.health]\ninterval_ms = 100\n",
+            ),
+            FILE,
+        )
+        .expect("valid line settings");
+        let t = &config.tunnels[0];
+        assert_eq!((t.priority, t.bandwidth_mbps), (200, Some(1000)));
+        assert_eq!(
+            t.health,
+            HealthCfg {
+                interval_ms: 100,
+                down_after: 3,
+                up_after: 3
+            }
+        );
+    }
+
+    #[test]
+    fn priority_out_of_range() {
+        for bad in [-1, 65536] {
+            assert_one_error(
+                &example_plus(&format!("priority = {bad}\n")),
+                22,
+                &bad.to_string(),
+                "must be in 0..=65535 (lower wins)",
+            );
+        }
+    }
+
+    #[test]
+    fn bandwidth_out_of_range() {
+        for bad in [0, -5, 400_001] {
+            assert_one_error(
+                &example_plus(&format!("bandwidth_mbps = {bad}\n")),
+                22,
+                &bad.to_string(),
+                "must be in 1..=400000 Mbit/s; leave it out for no cap",
+            );
+        }
+    }
+
+    #[test]
+    fn health_interval_out_of_range() {
+        assert_one_error(
+            &example_plus("\n[tunnel.health]\ninterval_ms = 5\n"),
+            24,
+            "5",
+            "must be in 10..=60000",
+        );
+    }
+
+    #[test]
+    fn health_counts_out_of_range() {
+        assert_one_error(
+            &example_plus("\n[tunnel.health]\ndown_after = 0\n"),
+            24,
+            "0",
+            "must be in 1..=100 probes",
+        );
+        assert_one_error(
+            &example_plus("\n[tunnel.health]\ndown_after = 3\nup_after = 101\n"),
+            25,
+            "101",
+            "must be in 1..=100 probes",
+        );
+    }
+
+    #[test]
+    fn unknown_health_key_is_rejected() {
+        let errors = errors_of(&example_plus("\n[tunnel.health]\ntimeout_ms = 5\n"));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(errors[0].message.contains("timeout_ms"), "{}", errors[0]);
     }
 
     #[test]

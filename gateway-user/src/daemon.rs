@@ -6,7 +6,6 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     datapath::{self, Datapath},
-    ebpf, metrics, netdev,
+    ebpf, health, metrics, netdev,
     plan::{self, Plan},
     probe::Prober,
     stats::{fates_of, DaemonStats, PortStats, Snapshot, TunnelStats},
@@ -51,6 +50,8 @@ struct State {
     /// The metrics endpoint in use (changing it needs a restart).
     metrics_address: Option<std::net::SocketAddr>,
     daemon_stats: DaemonStats,
+    /// Health of every tunnel's line (probes, link state).
+    lines: health::Lines,
 }
 
 fn load_config(path: &Path) -> Result<Config> {
@@ -156,6 +157,7 @@ impl State {
         let peers = self
             .dp
             .peer_macs(self.plan.tunnel_meta.iter().map(|t| t.id))?;
+        let lines = self.lines.status();
         let tunnels = self
             .plan
             .tunnel_meta
@@ -175,6 +177,9 @@ impl State {
                     answered: fates_of(&c, FateKind::Answered),
                     to_kernel: fates_of(&c, FateKind::Kernel),
                     peer_mac: peers.get(&m.id).map(netdev::format_mac),
+                    priority: m.priority,
+                    bandwidth_mbps: m.bandwidth_mbps,
+                    health: lines.get(&m.id).cloned(),
                 }
             })
             .collect();
@@ -303,6 +308,7 @@ pub async fn run(config_path: &Path, paths: &Paths, options: &RunOptions) -> Res
         ports: BTreeMap::new(),
         metrics_address,
         daemon_stats: DaemonStats::default(),
+        lines: health::Lines::default(),
     };
     if let Err(e) = state.converge(&config) {
         if !pins_existed {
@@ -333,7 +339,7 @@ pub async fn run(config_path: &Path, paths: &Paths, options: &RunOptions) -> Res
         .with_context(|| format!("binding control socket {}", socket_path.display()))?;
     let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(serve_control(listener, state.clone(), down_tx));
-    tokio::spawn(probe_peers(state.clone()));
+    tokio::spawn(watch_lines(state.clone()));
     if let Some(listener) = metrics_listener {
         let state = state.clone();
         tokio::spawn(metrics::serve(
@@ -474,33 +480,33 @@ fn error_json(message: &str) -> String {
     serde_json::json!({"ok": false, "error": message}).to_string()
 }
 
-/// ARPs every second for tunnels whose peer MAC is unknown.
-async fn probe_peers(state: Arc<Mutex<State>>) {
+/// Probes every tunnel's customer router and watches the connections'
+/// links (see health.rs); the probes also teach the datapath peer MACs.
+async fn watch_lines(state: Arc<Mutex<State>>) {
     let prober = match Prober::new() {
-        Ok(p) => p,
+        Ok(p) => Some(p),
         Err(e) => {
-            warn!("cannot open a packet socket for peer ARP probes: {e}; VPC->IDC traffic waits for the IDC to send first");
-            return;
+            error!("cannot open a packet socket for health probes: {e}; line health follows link state only and VPC->IDC traffic waits for the IDC to send first");
+            None
         }
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(health::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let frames: Vec<(u32, [u8; 46])> = {
-            let s = lock(&state);
-            let known =
-                s.dp.peer_macs(s.plan.tunnels.keys().copied())
-                    .unwrap_or_default();
-            s.plan
-                .tunnels
-                .values()
-                .filter(|t| !known.contains_key(&t.id))
-                .map(|t| (t.connection_ifindex, crate::probe::arp_request_frame(t)))
-                .collect()
+        let frames = {
+            let mut s = lock(&state);
+            let State {
+                dp, plan, lines, ..
+            } = &mut *s;
+            lines.tick(dp, plan, prober.is_some())
+        };
+        let Some(prober) = &prober else {
+            continue;
         };
         for (ifindex, frame) in frames {
             if let Err(e) = prober.send(ifindex, &frame) {
-                warn!("peer ARP probe on ifindex {ifindex}: {e}");
+                warn!("health probe on ifindex {ifindex}: {e}");
             }
         }
     }

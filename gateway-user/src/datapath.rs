@@ -21,8 +21,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    limits, map_names as names, Counters, Gateway, IpMapping, MappingKey, NexthopGroup, PeerNeigh,
-    Port, PortMapping, PortMappingKey, Route, RouteKey, Tunnel, VlanKey, XDP_PROGRAM,
+    bandwidth_dir, limits, map_names as names, Counters, Gateway, IpMapping, MappingKey,
+    NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RouteKey, TokenBucket,
+    Tunnel, TunnelHealth, VlanKey, XDP_PROGRAM,
 };
 use tracing::{debug, info};
 
@@ -389,7 +390,9 @@ impl Datapath {
             }
         }
         for (id, g) in self.groups()? {
-            let members = g.tunnels[..(g.count as usize).min(limits::MAX_NEXTHOPS)].to_vec();
+            // Stored sorted by priority; the plan keys member sets by id.
+            let mut members = g.tunnels[..(g.count as usize).min(limits::MAX_NEXTHOPS)].to_vec();
+            members.sort_unstable();
             existing.groups.insert(members, id);
         }
         Ok(existing)
@@ -598,6 +601,14 @@ impl Datapath {
     fn reset_tunnel_state(&mut self, id: u32) -> Result<()> {
         let mut peers: Array<_, PeerNeigh> = Array::try_from(self.map_mut(names::PEER_NEIGH)?)?;
         peers.set(id, PeerNeigh::default(), 0)?;
+        // A new tunnel starts up, with full buckets.
+        let mut health: Array<_, TunnelHealth> =
+            Array::try_from(self.map_mut(names::TUNNEL_HEALTH)?)?;
+        health.set(id, TunnelHealth::default(), 0)?;
+        let mut buckets: Array<_, TokenBucket> = Array::try_from(self.map_mut(names::BANDWIDTH)?)?;
+        for dir in [bandwidth_dir::TO_VPC, bandwidth_dir::TO_IDC] {
+            buckets.set(2 * id + dir, TokenBucket::default(), 0)?;
+        }
         let mut counters: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(self.map_mut(names::TUNNEL_COUNTERS)?)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
@@ -673,6 +684,27 @@ impl Datapath {
         ids: impl Iterator<Item = u32>,
     ) -> Result<BTreeMap<u32, Counters>> {
         read_counters(self.map(map)?, ids)
+    }
+
+    /// `TUNNEL_HEALTH` of the given tunnel ids: the `down_reason` bits (0 =
+    /// up).
+    pub fn tunnel_health(&self, ids: impl Iterator<Item = u32>) -> Result<BTreeMap<u32, u32>> {
+        let health: Array<_, TunnelHealth> = Array::try_from(self.map(names::TUNNEL_HEALTH)?)?;
+        let mut out = BTreeMap::new();
+        for id in ids {
+            out.insert(id, health.get(&id, 0)?.down);
+        }
+        Ok(out)
+    }
+
+    /// Marks a tunnel up (`down == 0`) or down: one aligned 4-byte write,
+    /// seen at once by every next-hop group holding the tunnel.
+    pub fn set_tunnel_health(&mut self, id: u32, down: u32) -> Result<()> {
+        let mut health: Array<_, TunnelHealth> =
+            Array::try_from(self.map_mut(names::TUNNEL_HEALTH)?)?;
+        health
+            .set(id, TunnelHealth { down }, 0)
+            .with_context(|| format!("writing the health of tunnel {id}"))
     }
 }
 

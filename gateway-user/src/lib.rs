@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod ebpf;
+pub mod health;
 pub mod lab;
 pub mod metrics;
 pub mod netdev;

@@ -48,6 +48,20 @@ fn if_ioctl(name: &str, request: libc::c_ulong, req: &mut libc::ifreq) -> bool {
     }
 }
 
+/// Whether the interface is administratively up and has carrier
+/// (IFF_UP and IFF_RUNNING, i.e. operstate up). None if it does not exist.
+/// One ioctl: cheap enough to poll every few tens of milliseconds.
+pub fn link_up(name: &str) -> Option<bool> {
+    // SAFETY: zeroed ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if !if_ioctl(name, libc::SIOCGIFFLAGS, &mut req) {
+        return None;
+    }
+    // SAFETY: SIOCGIFFLAGS fills ifru_flags.
+    let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
+    Some(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+}
+
 /// The driver name (ethtool's GDRVINFO), e.g. "veth", "mlx5_core".
 pub fn driver(name: &str) -> Option<String> {
     const ETHTOOL_GDRVINFO: u32 = 0x3;

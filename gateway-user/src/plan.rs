@@ -16,7 +16,7 @@ use gateway_common::{
 };
 use ipnet::Ipv4Net;
 
-use crate::config::{Config, PortMappingCfg};
+use crate::config::{Config, HealthCfg, PortMappingCfg};
 
 /// What the kernel says about an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,8 @@ pub struct TunnelMeta {
     pub interface: String,
     pub local_ip: String,
     pub peer_ip: String,
+    pub priority: u16,
+    pub bandwidth_mbps: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -134,6 +136,8 @@ pub struct Plan {
     /// that has any.
     pub port_mappings: BTreeMap<PortMappingKey, PortMapping>,
     pub tunnel_meta: Vec<TunnelMeta>,
+    /// Health probe settings per tunnel id (for the daemon's prober).
+    pub health: BTreeMap<u32, HealthCfg>,
     pub gateway_meta: Vec<NamedId>,
     pub connection_meta: Vec<NamedId>,
 }
@@ -321,6 +325,7 @@ pub fn build(
 
     // prefix -> member tunnels, per gateway: the next-hop groups.
     let mut members: BTreeMap<RouteEntryKey, Vec<u32>> = BTreeMap::new();
+    let mut priorities: BTreeMap<u32, u16> = BTreeMap::new();
     for t in &config.tunnels {
         let id = tunnel_ids[&t.name];
         let (connection_id, conn) = lookup(&connection_ids, &t.connection, "connection")?;
@@ -338,7 +343,11 @@ pub fn build(
             flags: tunnel_flags::ACTIVE,
             connection_mac: conn.mac,
             _pad2: [0; 2],
+            bandwidth_mbps: t.bandwidth_mbps.unwrap_or(0),
+            _pad3: 0,
         };
+        priorities.insert(id, t.priority);
+        plan.health.insert(id, t.health);
         plan.tunnel_by_vlan.insert((conn.ifindex, t.vlan), tunnel);
         plan.tunnels.insert(id, tunnel);
         plan.tunnel_meta.push(TunnelMeta {
@@ -353,6 +362,8 @@ pub fn build(
                 .unwrap_or_default(),
             local_ip: t.local_ip.to_string(),
             peer_ip: t.peer_ip.to_string(),
+            priority: t.priority,
+            bandwidth_mbps: t.bandwidth_mbps,
         });
         for route in &t.routes {
             members
@@ -426,12 +437,7 @@ pub fn build(
         }
     }
     for (set, &id) in &group_ids {
-        let mut group = NexthopGroup {
-            count: set.len() as u32,
-            tunnels: [0; limits::MAX_NEXTHOPS],
-        };
-        group.tunnels[..set.len()].copy_from_slice(set);
-        plan.groups.insert(id, group);
+        plan.groups.insert(id, nexthop_group(set, &priorities));
     }
     for (key, m) in members {
         plan.routes.insert(
@@ -443,6 +449,25 @@ pub fn build(
         );
     }
     Ok(plan)
+}
+
+/// The group value of a member set: members sorted by (priority, id), the
+/// order the datapath's live-tier selection relies on.
+fn nexthop_group(set: &[u32], priorities: &BTreeMap<u32, u16>) -> NexthopGroup {
+    let mut sorted: Vec<(u16, u32)> = set
+        .iter()
+        .map(|id| (priorities.get(id).copied().unwrap_or(u16::MAX), *id))
+        .collect();
+    sorted.sort_unstable();
+    let mut group = NexthopGroup {
+        count: sorted.len() as u32,
+        ..Default::default()
+    };
+    for (i, (priority, id)) in sorted.into_iter().enumerate() {
+        group.tunnels[i] = id;
+        group.priorities[i] = priority;
+    }
+    group
 }
 
 fn route_key(gateway_id: u32, net: &Ipv4Net) -> RouteEntryKey {

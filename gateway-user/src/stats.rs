@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use gateway_common::{Counters, Fate, FateKind};
 use serde::{Deserialize, Serialize};
 
+pub use crate::health::LineStatus;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
     pub node: String,
@@ -41,6 +43,15 @@ pub struct TunnelStats {
     pub to_kernel: BTreeMap<String, u64>,
     /// The customer router's MAC as learned by the datapath.
     pub peer_mac: Option<String>,
+    /// Lower wins among tunnels announcing the same prefix.
+    #[serde(default)]
+    pub priority: u16,
+    /// Cap per direction; None = no cap.
+    #[serde(default)]
+    pub bandwidth_mbps: Option<u32>,
+    /// Line health (up/down, since, why); None before the first check.
+    #[serde(default)]
+    pub health: Option<LineStatus>,
 }
 
 /// A connection (trunk port) or a gateway's VPC port: frames not tied to a
@@ -85,6 +96,7 @@ pub fn render_table(s: &Snapshot) -> String {
         "GATEWAY".into(),
         "CONNECTION".into(),
         "VLAN".into(),
+        "STATE".into(),
         "RX_PKTS".into(),
         "RX_BYTES".into(),
         "TX_PKTS".into(),
@@ -98,6 +110,7 @@ pub fn render_table(s: &Snapshot) -> String {
             t.gateway.clone(),
             t.connection.clone(),
             t.vlan.to_string(),
+            state_cell(t, now_unix_ms()),
             t.rx_packets.to_string(),
             t.rx_bytes.to_string(),
             t.tx_packets.to_string(),
@@ -231,6 +244,29 @@ fn si(v: f64) -> String {
     }
 }
 
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// "up 12s (3 probes answered)", "down 0.8s (link down on line-a)".
+fn state_cell(t: &TunnelStats, now_ms: u64) -> String {
+    match &t.health {
+        Some(h) => {
+            let age = now_ms.saturating_sub(h.since_unix_ms);
+            let age = if age < 10_000 {
+                format!("{:.1}s", age as f64 / 1000.0)
+            } else {
+                format!("{}s", age / 1000)
+            };
+            format!("{} {age} ({})", h.state, h.reason)
+        }
+        None => "-".to_owned(),
+    }
+}
+
 fn align(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -272,6 +308,11 @@ mod tests {
                 vlan: 100,
                 rx_packets: 5,
                 drops: fates_of(&c, FateKind::Drop),
+                health: Some(LineStatus {
+                    state: "down".into(),
+                    since_unix_ms: now_unix_ms() - 1500,
+                    reason: "link down on eth1".into(),
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -281,6 +322,11 @@ mod tests {
         assert!(lines[0].starts_with("TUNNEL"));
         assert_eq!(lines[0].find("VLAN"), lines[1].find("  100").map(|p| p + 2));
         assert!(lines[1].contains("unknown_vlan=3"));
+        assert!(
+            lines[1].contains("down 1.5s (link down on eth1)"),
+            "{}",
+            lines[1]
+        );
         let json: serde_json::Value = serde_json::to_value(&s).unwrap();
         let t = &json["tunnels"][0];
         for key in [
@@ -298,6 +344,9 @@ mod tests {
         }
         assert_eq!(t["drops"]["unknown_vlan"], 3);
         assert_eq!(t["drops"]["no_route"], 0);
+        assert_eq!(t["drops"]["rate_limited"], 0);
+        assert_eq!(t["health"]["state"], "down");
+        assert_eq!(t["health"]["reason"], "link down on eth1");
     }
 
     #[test]
