@@ -36,6 +36,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod demo;
+pub mod lines;
 pub mod topology;
 
 // ---------------------------------------------------------------------------

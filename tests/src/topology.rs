@@ -666,7 +666,10 @@ impl Drop for GatewayLab {
 
 /// SIGTERM, then up to `grace` for the process to exit; killed after that.
 /// Returns its exit status, or None if it had to be killed.
-fn terminate(child: &mut Child, grace: Duration) -> Result<Option<std::process::ExitStatus>> {
+pub(crate) fn terminate(
+    child: &mut Child,
+    grace: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + grace;
