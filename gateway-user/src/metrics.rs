@@ -129,8 +129,24 @@ pub fn render(s: &Snapshot) -> Result<String> {
         "1 when the customer router's MAC is learned (VPC->IDC traffic can flow)",
         peer.clone(),
     );
+    let up = Family::<TunnelLabels, Gauge>::default();
+    r.register(
+        "gatewayd_tunnel_up",
+        "1 when the tunnel's line is healthy (probes answered, link up) and may carry traffic",
+        up.clone(),
+    );
+    let since = Family::<TunnelLabels, Gauge>::default();
+    r.register(
+        "gatewayd_tunnel_state_since_seconds",
+        "Unix time at which the tunnel entered its current up/down state",
+        since.clone(),
+    );
     for t in &s.tunnels {
         let l = TunnelLabels::of(t);
+        if let Some(h) = &t.health {
+            up.get_or_create(&l).set(i64::from(h.state == "up"));
+            since.get_or_create(&l).set((h.since_unix_ms / 1000) as i64);
+        }
         for (direction, p, b) in [
             ("idc_to_vpc", t.rx_packets, t.rx_bytes),
             ("vpc_to_idc", t.tx_packets, t.tx_bytes),
@@ -316,6 +332,12 @@ mod tests {
                 answered: fates(&["arp_replied"]),
                 to_kernel: fates(&["neigh_missing"]),
                 peer_mac: Some("02:00:00:00:00:01".into()),
+                health: Some(crate::health::LineStatus {
+                    state: "down".into(),
+                    since_unix_ms: 1_700_000_000_500,
+                    reason: "link down on eth1".into(),
+                }),
+                ..Default::default()
             }],
             connections: vec![PortStats {
                 name: "line-a".into(),
@@ -342,6 +364,8 @@ mod tests {
             r#"gatewayd_nat_drops_total{tunnel="dct-a-100",gateway="dcg-prod",connection="line-a",vlan="100",reason="nat_fragment"} 7"#,
             r#"gatewayd_tunnel_peer_resolved{tunnel="dct-a-100",gateway="dcg-prod",connection="line-a",vlan="100"} 1"#,
             r#"gatewayd_connection_drops_total{name="line-a",interface="eth1",reason="unknown_vlan"} 3"#,
+            r#"gatewayd_tunnel_up{tunnel="dct-a-100",gateway="dcg-prod",connection="line-a",vlan="100"} 0"#,
+            r#"gatewayd_tunnel_state_since_seconds{tunnel="dct-a-100",gateway="dcg-prod",connection="line-a",vlan="100"} 1700000000"#,
             r#"gatewayd_reloads_total{result="rejected"} 1"#,
         ] {
             assert!(
