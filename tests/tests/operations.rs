@@ -189,7 +189,12 @@ fn kill_9_and_restart_lose_no_packet_and_keep_counters() -> Result<()> {
         "one pinned link per port (line-a, vpc-prod, vpc-test): {links_before:?}"
     );
 
-    let rx = |s: &Value| num(&tunnel(s, "dct-a-100")["rx_packets"]);
+    // Echo requests: every frame received on the tunnel except the
+    // router's answers to the daemon's health probes.
+    let rx = |s: &Value| {
+        let t = tunnel(s, "dct-a-100");
+        num(&t["rx_packets"]) - num(&t["answered"]["arp_learned"])
+    };
     let tx = |s: &Value| num(&tunnel(s, "dct-a-100")["tx_packets"]);
     let before = lab.stats_json()?;
     let mut ping = BackgroundPing::start(&lab.idchost, VPC_PROD_HOST, 3_000, "0.003")?;
@@ -376,8 +381,13 @@ fn metrics_scrape_and_stats_watch_show_the_traffic() -> Result<()> {
         "gatewayd_tunnel_packets_total",
         &with("direction=\"vpc_to_idc\""),
     );
-    // The scrape and the stats read the same maps; nothing moved between.
-    assert_eq!(rx, num(&t["rx_packets"]));
+    // The scrape and the stats read the same maps; between the two only a
+    // health probe answer (one per 200 ms) may have arrived.
+    assert!(
+        (rx..=rx + 2).contains(&num(&t["rx_packets"])),
+        "scrape {rx}, stats {}",
+        num(&t["rx_packets"])
+    );
     assert_eq!(tx, num(&t["tx_packets"]));
     assert!(rx >= 5 && tx >= 5, "rx {rx} tx {tx}");
     assert_eq!(
@@ -441,10 +451,12 @@ fn metrics_scrape_and_stats_watch_show_the_traffic() -> Result<()> {
     for row in &rows {
         // TUNNEL GATEWAY CONNECTION VLAN RX_PPS ...
         let rx_pps: f64 = row[4].parse().unwrap_or(-1.0);
+        // The idle tunnel receives only the router's answers to the health
+        // probes (5/s), the busy one 50+ echo requests/s on top.
         if row[0] == "dct-a-100" {
-            assert!(rx_pps > 0.0, "traffic shows as a rate:\n{watch}");
+            assert!(rx_pps > 20.0, "traffic shows as a rate:\n{watch}");
         } else {
-            assert_eq!(rx_pps, 0.0, "idle tunnel:\n{watch}");
+            assert!(rx_pps <= 10.0, "idle tunnel:\n{watch}");
         }
     }
     assert_eq!(ping.finish()?.1, 300);
