@@ -233,8 +233,9 @@ const _: () = assert!(core::mem::size_of::<Route>() == 8);
 /// `NEXTHOP_GROUPS[group id]`: the tunnels that carry a set of prefixes,
 /// sorted by (priority, tunnel id). The datapath uses the members of the
 /// best priority whose `TUNNEL_HEALTH` is up (the "live tier") and pins a
-/// flow to the `hash(5-tuple) % n`-th of those n members, so a flow stays
-/// on one line while the live tier is unchanged.
+/// flow to the member with the highest `mix(hash(5-tuple), tunnel id)`
+/// (rendezvous hashing), so a flow stays on its line while that line stays
+/// in the live tier, whatever happens to the others.
 ///
 /// The group itself is a pure function of the config: health never
 /// rewrites it (see `TunnelHealth`).

@@ -118,13 +118,16 @@ const VLAN_TAG_LEN_BYTES: usize = 4;
 
 /// The group member that carries the flow with hash `hash`: among the
 /// members whose tunnel is up, only those of the best (lowest) priority
-/// count (the "live tier"); the flow gets the `hash % n`-th of those n.
-/// None when every member is down.
+/// count (the "live tier"); of those, the flow takes the one with the
+/// highest weight `mix(hash, tunnel id)` (rendezvous hashing). A flow thus
+/// moves only when its own line leaves the tier (or a line joins that
+/// outweighs it); flows on lines that stay never move, unlike with
+/// `hash % n`. None when every member is down.
 ///
 /// Members are sorted by (priority, id), so the live tier is the run of up
 /// members starting at the first up one. Two passes over at most
 /// `MAX_NEXTHOPS` slots (unrolled): the first marks the live tier in a
-/// bitmask, the second picks from it; no variable stack indexing.
+/// bitmask, the second weighs its members; no variable stack indexing.
 #[inline(always)]
 fn pick_member(group: &NexthopGroup, hash: u32) -> Option<u32> {
     let count = group.count as usize;
@@ -132,7 +135,6 @@ fn pick_member(group: &NexthopGroup, hash: u32) -> Option<u32> {
         return None;
     }
     let mut live: u32 = 0;
-    let mut n: u32 = 0;
     let mut tier: u32 = u32::MAX;
     for i in 0..MAX_NEXTHOPS {
         if i >= count {
@@ -150,21 +152,30 @@ fn pick_member(group: &NexthopGroup, hash: u32) -> Option<u32> {
         }
         tier = priority;
         live |= 1 << i;
-        n += 1;
     }
-    if n == 0 {
-        return None;
-    }
-    let mut k = hash % n;
+    let mut chosen = None;
+    let mut best = 0u32;
     for i in 0..MAX_NEXTHOPS {
         if live & (1 << i) != 0 {
-            if k == 0 {
-                return Some(group.tunnels[i]);
+            let id = group.tunnels[i];
+            let weight = mix(hash ^ id.wrapping_mul(0x9e37_79b9));
+            if chosen.is_none() || weight > best {
+                best = weight;
+                chosen = Some(id);
             }
-            k -= 1;
         }
     }
-    None
+    chosen
+}
+
+/// Murmur3 finaliser: spreads close inputs over the whole u32 range.
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// Hash of the flow's 5-tuple (addresses and protocol only for fragments
@@ -180,10 +191,5 @@ fn flow_hash(ctx: &XdpContext, ip: &Ipv4) -> u32 {
             h ^= u32::from_be_bytes([sport[0], sport[1], dport[0], dport[1]]);
         }
     }
-    // Murmur3 finaliser: spreads close addresses over all members.
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+    mix(h)
 }

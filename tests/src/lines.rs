@@ -404,6 +404,8 @@ pub struct FlowsReport {
     /// Longest time between two sends: how steady the offered load was
     /// (the sender is a user-space thread on a shared machine).
     pub max_send_gap: Duration,
+    /// Every time between two sends longer than 5 ms.
+    pub pauses: Vec<Duration>,
     pub traces: BTreeMap<u16, FlowTrace>,
 }
 
@@ -460,13 +462,13 @@ impl UdpFlows {
             }
             traces.into_iter().map(|(k, v)| (k, v.0)).collect()
         });
-        let tx = std::thread::spawn(move || -> Result<(u64, Duration, Duration)> {
+        let tx = std::thread::spawn(move || -> Result<(u64, Duration, Vec<Duration>)> {
             // Best effort: a higher priority keeps the pace steadier while
             // other work shares the CPUs.
             // SAFETY: plain syscalls on this thread.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
             let mut buf = vec![0u8; payload];
-            let mut max_gap = Duration::ZERO;
+            let mut pauses = Vec::new();
             let started = Instant::now();
             let mut sent = 0u64;
             let mut last = started;
@@ -480,19 +482,19 @@ impl UdpFlows {
                     buf[4..12].copy_from_slice(&seq.to_be_bytes());
                     senders[flow as usize].send(&buf)?;
                     let now = Instant::now();
-                    if sent > 0 {
-                        max_gap = max_gap.max(now - last);
+                    if sent > 0 && now - last > Duration::from_millis(5) {
+                        pauses.push(now - last);
                     }
                     sent += 1;
                     last = now;
                 }
                 std::thread::sleep(Duration::from_micros(500));
             }
-            Ok((sent, last - started, max_gap))
+            Ok((sent, last - started, pauses))
         });
         let started = Instant::now();
         let during_result = during(started);
-        let (sent, send_time, max_send_gap) = tx
+        let (sent, send_time, pauses) = tx
             .join()
             .map_err(|_| anyhow::anyhow!("sender panicked"))??;
         std::thread::sleep(Duration::from_millis(300));
@@ -504,7 +506,8 @@ impl UdpFlows {
             FlowsReport {
                 sent,
                 send_time,
-                max_send_gap,
+                max_send_gap: pauses.iter().max().copied().unwrap_or_default(),
+                pauses,
                 traces,
             },
             during_result?,

@@ -154,6 +154,39 @@ fn a_down_member_is_skipped_and_its_flows_return_when_it_is_back() {
 }
 
 #[test]
+fn flows_on_lines_that_stay_up_never_move() {
+    // Three equal lines (VLANs 100, 300, 400): when one fails, only its
+    // flows move; when it returns, exactly those flows come back.
+    let config = config(100, 100, None).replace(
+        "[[tunnel]]\nname = \"line-b-300\"",
+        "[[tunnel]]\nname = \"line-c-400\"\nconnection = \"line-a\"\nvlan = 400\ngateway = \"dcg-prod\"\nlocal_ip = \"169.254.120.1/30\"\npeer_ip = \"169.254.120.2\"\nroutes = [\"10.0.0.0/16\"]\n\n[[tunnel]]\nname = \"line-b-300\"",
+    );
+    let mut f = Fixture::new(&config);
+    f.learn_peer(100, PEER_A, LOCAL_A);
+    f.learn_peer(300, PEER_B, LOCAL_B);
+    f.learn_peer(400, [169, 254, 120, 2], [169, 254, 120, 1]);
+    let flows: Vec<u16> = (41000..41150).collect();
+    let before: Vec<u16> = flows.iter().map(|s| line_of(&mut f, *s)).collect();
+    for vlan in [100, 300, 400] {
+        let n = before.iter().filter(|v| **v == vlan).count();
+        assert!((30..=70).contains(&n), "VLAN {vlan} got {n} of 150 flows");
+    }
+    // Tunnel ids follow the config order: line-a-100 = 0, line-c-400 = 1.
+    set_down(&mut f, 1, down_reason::PROBES);
+    for (s, old) in flows.iter().zip(&before) {
+        let now = line_of(&mut f, *s);
+        if *old == 400 {
+            assert_ne!(now, 400, "flow {s} still on the down line");
+        } else {
+            assert_eq!(now, *old, "flow {s} moved although its line stayed up");
+        }
+    }
+    set_down(&mut f, 1, 0);
+    let after: Vec<u16> = flows.iter().map(|s| line_of(&mut f, *s)).collect();
+    assert_eq!(after, before, "flows return to their line");
+}
+
+#[test]
 fn the_standby_line_carries_nothing_until_the_primary_is_down() {
     // Line B has the better (lower) priority: it is the primary.
     let mut f = fixture(200, 50, None);

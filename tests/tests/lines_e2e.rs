@@ -213,10 +213,12 @@ fn a_capped_tunnel_delivers_its_cap_under_overload() -> Result<()> {
     )?;
     lab.start_daemon()?;
     // 1000-byte payloads (1046-byte tagged frames) at 5000/s: about twice
-    // the cap. The bucket holds 10 ms, so a sender pause shorter than that
-    // costs no capacity; a longer one (the sender is a user-space thread
-    // on a shared 2-CPU machine) means the overload was not steady and the
-    // run is repeated.
+    // the cap. The sender is a user-space thread on a shared 2-CPU machine
+    // and sometimes pauses. The bucket holds 10 ms, so a pause up to that
+    // costs no capacity; beyond it nothing is offered and nothing is owed:
+    // the cap applies to the time the overload was really there. A run
+    // whose pauses eat more than 10 % of it is repeated.
+    const BUCKET: Duration = Duration::from_millis(10);
     let flows = UdpFlows {
         flows: 10,
         pps: 5000,
@@ -224,31 +226,32 @@ fn a_capped_tunnel_delivers_its_cap_under_overload() -> Result<()> {
         duration: Duration::from_secs(4),
     };
     let mut attempt = 0;
-    let (a0, a1, report) = loop {
+    let (a0, a1, report, idle) = loop {
         attempt += 1;
         let a0 = lab.tunnel("dct-a")?;
         let (report, ()) = flows.run(&lab, |_| Ok(()))?;
         let a1 = lab.tunnel("dct-a")?;
-        if report.max_send_gap < Duration::from_millis(9) {
-            break (a0, a1, report);
+        let idle: Duration = report.pauses.iter().map(|p| p.saturating_sub(BUCKET)).sum();
+        if idle < report.send_time / 10 {
+            break (a0, a1, report, idle);
         }
         eprintln!(
-            "attempt {attempt}: the sender paused {:?} (> 9 ms): not a steady overload",
-            report.max_send_gap
+            "attempt {attempt}: the sender paused {idle:?} beyond the bucket in total: not a steady overload"
         );
         ensure!(
-            attempt < 8,
-            "the machine is too busy to offer a steady overload from user space (8 attempts, sender pauses > 9 ms)"
+            attempt < 5,
+            "the machine is too busy to offer a steady overload from user space (5 attempts)"
         );
     };
     let delivered = a1.data_tx_packets - a0.data_tx_packets;
     let limited = a1.rate_limited - a0.rate_limited;
     let bits = (a1.tx_bytes - a0.tx_bytes) as f64 * 8.0;
-    let mbps = bits / report.send_time.as_secs_f64() / 1e6;
+    let overload_time = (report.send_time - idle).as_secs_f64();
+    let mbps = bits / overload_time / 1e6;
     let offered = report.sent as f64 * 1046.0 * 8.0 / report.send_time.as_secs_f64() / 1e6;
     eprintln!(
-        "offered {offered:.1} Mbit/s ({} frames, longest sender pause {:?}), delivered {mbps:.2} Mbit/s ({delivered} frames), rate_limited {limited}",
-        report.sent, report.max_send_gap
+        "offered {offered:.1} Mbit/s ({} frames in {:?}, sender idle beyond the bucket {idle:?}), delivered {mbps:.2} Mbit/s ({delivered} frames), rate_limited {limited}",
+        report.sent, report.send_time
     );
     assert!(
         offered > 1.5 * CAP_MBPS,
