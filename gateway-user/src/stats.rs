@@ -150,6 +150,7 @@ pub fn render_table(s: &Snapshot) -> String {
 /// moved), then the ports' drop rates.
 pub fn render_rates(prev: &Snapshot, cur: &Snapshot, secs: f64) -> String {
     let secs = secs.max(1e-3);
+    let now_ms = now_unix_ms();
     let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
     let moved = |now: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>| {
         let parts: Vec<String> = now
@@ -176,6 +177,7 @@ pub fn render_rates(prev: &Snapshot, cur: &Snapshot, secs: f64) -> String {
         "TX_BPS".into(),
         "DROPS/S".into(),
         "PEER".into(),
+        "STATE".into(),
     ]];
     for t in &cur.tunnels {
         // A tunnel new since the last refresh counts from zero.
@@ -196,6 +198,7 @@ pub fn render_rates(prev: &Snapshot, cur: &Snapshot, secs: f64) -> String {
             si(8.0 * rate(t.tx_bytes, p.tx_bytes)),
             moved(&t.drops, &p.drops),
             t.peer_mac.clone().unwrap_or_else(|| "unresolved".into()),
+            state_cell(t, now_ms),
         ]);
     }
     let mut out = align(&rows);

@@ -458,6 +458,8 @@ fn metrics_scrape_and_stats_watch_show_the_traffic() -> Result<()> {
         } else {
             assert!(rx_pps <= 10.0, "idle tunnel:\n{watch}");
         }
+        // ... PEER STATE: each line's health, as the prober sees it.
+        assert_eq!(row[10], "up", "line state in --watch:\n{watch}");
     }
     assert_eq!(ping.finish()?.1, 300);
 
