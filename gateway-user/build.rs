@@ -46,4 +46,4 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The eBPF crate's binaries, one object each.
-const EBPF_BINARIES: &[&str] = &["gateway", "lab-vlan"];
+const EBPF_BINARIES: &[&str] = &["gateway", "lab-vlan", "bench"];

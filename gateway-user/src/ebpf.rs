@@ -13,3 +13,7 @@ pub fn gateway_object() -> anyhow::Result<&'static [u8]> {
     }
     Ok(GATEWAY_OBJECT)
 }
+
+/// Baselines, generator and sink of `cargo xtask bench`
+/// (gateway-ebpf/src/bin/bench.rs); never attached by the daemon.
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench"));

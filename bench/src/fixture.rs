@@ -1,0 +1,400 @@
+//! The gateway in a throw-away network namespace with its ports (veths),
+//! loaded from the embedded object and filled from a config or a plan; and
+//! the one measuring loop every per-packet figure comes from.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use gateway_common::{map_names as names, Counters, Fate};
+use gateway_user::{
+    config::Config,
+    datapath::Datapath,
+    ebpf, netdev,
+    plan::{self, NetDev, Plan},
+};
+use tests::Netns;
+
+use crate::sys::InNetns;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub const PEER_MAC: [u8; 6] = [0x02, 0x1d, 0xc0, 0, 0, 0x02];
+pub const VPC_HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xaa, 0x10];
+pub const VPC_HOST: [u8; 4] = [172, 16, 0, 10];
+
+/// The config every per-packet measurement starts from: one connection, one
+/// gateway with a port mapping, a plain tunnel (VLAN 100) and one with a
+/// peer IP mapping (VLAN 101).
+pub const CONFIG: &str = r#"
+[node]
+name = "bench"
+
+[[connection]]
+name = "line-a"
+interface = "conn0"
+
+[[gateway]]
+name = "dcg"
+vpc = "vpc"
+vpc_cidrs = ["172.16.0.0/16"]
+interface = "vpc0"
+
+[[gateway.local_port_mapping]]
+protocol = "udp"
+original = "172.16.0.10:53"
+mapped = "192.168.60.1:5353"
+
+[[tunnel]]
+name = "plain-100"
+connection = "line-a"
+vlan = 100
+gateway = "dcg"
+local_ip = "169.254.100.1/30"
+peer_ip = "169.254.100.2"
+routes = ["10.0.0.0/16"]
+
+[[tunnel]]
+name = "mapped-101"
+connection = "line-a"
+vlan = 101
+gateway = "dcg"
+local_ip = "169.254.101.1/30"
+peer_ip = "169.254.101.2"
+routes = ["10.1.0.0/16"]
+
+[[tunnel.peer_ip_mapping]]
+original = "10.1.0.0/24"
+mapped = "100.64.1.0/24"
+"#;
+
+/// Removes the pins however the fixture ends.
+struct Pins(PathBuf);
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct GatewayNs {
+    // Field order is drop order: leave the namespace, close the program
+    // and maps, remove the pins, delete the namespace.
+    entered: InNetns,
+    pub dp: Datapath,
+    pins: Pins,
+    pub ns: Netns,
+    pub conn: NetDev,
+    pub vpc: NetDev,
+    pub config: Config,
+    /// Time the kernel took to load (verify) the program.
+    pub program_load: std::time::Duration,
+}
+
+impl GatewayNs {
+    /// A namespace with veths conn0 and vpc0, a VPC host neighbour, the
+    /// program loaded with fresh maps. Nothing applied yet. The calling
+    /// thread stays inside the namespace until the value is dropped.
+    pub fn new(config_text: &str) -> Result<GatewayNs> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "gwbench{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let ns = Netns::create(&name)?;
+        for (a, b) in [("conn0", "conn0p"), ("vpc0", "vpc0p")] {
+            ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+            ns.link_up(a)?;
+            ns.link_up(b)?;
+        }
+        ns.add_addr("vpc0", "172.16.0.1/16")?;
+        ns.add_neigh("vpc0", "172.16.0.10", VPC_HOST_MAC)?;
+        ns.enable_routing()?;
+        let entered = InNetns::enter(&name)?;
+        let bpffs = std::path::Path::new("/sys/fs/bpf");
+        gateway_user::datapath::check_bpffs(bpffs)?;
+        let pin_dir = bpffs.join("gatewayd-bench").join(&name);
+        let pins = Pins(pin_dir.clone());
+        let started = Instant::now();
+        let dp = Datapath::load(ebpf::gateway_object()?, &pin_dir)?;
+        let program_load = started.elapsed();
+        let config = Config::parse(config_text, "bench.toml").map_err(|e| anyhow!("{e}"))?;
+        let dev = |n: &str| netdev::lookup(n).ok_or_else(|| anyhow!("{n} missing"));
+        Ok(GatewayNs {
+            conn: dev("conn0")?,
+            vpc: dev("vpc0")?,
+            entered,
+            dp,
+            pins,
+            ns,
+            config,
+            program_load,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pins.0
+    }
+
+    /// The plan of `config` on this namespace's ports.
+    pub fn plan(&self, config: &Config) -> Result<Plan> {
+        let existing = self.dp.existing()?;
+        plan::build(config, &netdev::lookup, &existing).map_err(|e| anyhow!("{e:#}"))
+    }
+
+    pub fn apply_config(&mut self) -> Result<Plan> {
+        let plan = self.plan(&self.config)?;
+        self.dp.apply(&plan)?;
+        Ok(plan)
+    }
+
+    /// Teaches the datapath the peer router's MAC on a VLAN (as its ARP
+    /// request would).
+    pub fn learn_peer(&mut self, vlan: u16, peer: [u8; 4], local: [u8; 4]) -> Result<()> {
+        let frame = crate::frames::arp_request(vlan, peer, local);
+        let (action, _) = self.dp.test_run(&frame, self.conn.ifindex)?;
+        if action != XDP_REDIRECT {
+            bail!("ARP request on VLAN {vlan} was not answered (action {action})");
+        }
+        Ok(())
+    }
+
+    /// Every counter slot a measurement may touch, by owner name.
+    pub fn snapshot(&self, tunnels: u32) -> Result<Snapshot> {
+        let mut s = Snapshot::default();
+        for (map, prefix, n) in [
+            (names::TUNNEL_COUNTERS, "tunnel", tunnels),
+            (names::CONNECTION_COUNTERS, "connection", 1),
+            (names::GATEWAY_COUNTERS, "gateway", 1),
+            (names::NODE_COUNTERS, "node", 1),
+        ] {
+            for (id, c) in self.dp.counters(map, 0..n)? {
+                s.0.insert(format!("{prefix}:{id}"), c);
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Counter slots by owner ("tunnel:3", "gateway:0", ...).
+#[derive(Default)]
+pub struct Snapshot(BTreeMap<String, Counters>);
+
+/// (owner, what) -> packets. `what` is "rx", "tx" or a fate name.
+pub type Effects = BTreeMap<(String, String), u64>;
+
+impl Snapshot {
+    /// Packet counts that changed between `self` and `later`.
+    pub fn delta(&self, later: &Snapshot) -> Effects {
+        let mut out = Effects::new();
+        for (owner, after) in &later.0 {
+            let before = self.0.get(owner).copied().unwrap_or_default();
+            let mut put = |what: &str, a: u64, b: u64| {
+                if a != b {
+                    out.insert((owner.clone(), what.to_owned()), a.wrapping_sub(b));
+                }
+            };
+            put("rx", after.rx_packets, before.rx_packets);
+            put("tx", after.tx_packets, before.tx_packets);
+            for fate in Fate::ALL {
+                put(fate.name(), after.fate(fate), before.fate(fate));
+            }
+        }
+        out
+    }
+}
+
+/// One frame, where it enters, and what it must do: the XDP action and the
+/// counters it must move (one packet each).
+#[derive(Clone)]
+pub struct Probe {
+    pub frame: Vec<u8>,
+    pub ifindex: u32,
+    pub action: u32,
+    pub effects: Vec<(String, String)>,
+}
+
+pub fn effect(owner: &str, what: &str) -> (String, String) {
+    (owner.to_owned(), what.to_owned())
+}
+
+/// Result of one measurement.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Per-packet cost: mean of the per-run kernel times after dropping the
+    /// slowest 10% (interrupts, preemption).
+    pub ns: f64,
+    pub runs: u64,
+    /// Every run took the intended path: the action matched every time and
+    /// the counters moved by exactly the expected amounts, nothing else.
+    pub valid: bool,
+    pub why_invalid: Option<String>,
+}
+
+/// Runs `runs` packets, one BPF_PROG_TEST_RUN each (repeat = 1, so every
+/// run starts from the frame as given: the gateway rewrites frames, and
+/// with `repeat` > 1 every run after the first would see its own output),
+/// cycling through `probes`. The kernel's per-run time excludes the
+/// syscall. Proves the path from the counters.
+pub fn measure(
+    gw: &mut GatewayNs,
+    probes: &[Probe],
+    runs: u64,
+    tunnels: u32,
+) -> Result<Timing> {
+    let before = gw.snapshot(tunnels)?;
+    let mut times = Vec::with_capacity(runs as usize);
+    let mut expected = Effects::new();
+    let mut wrong_action = 0u64;
+    for i in 0..runs {
+        let p = &probes[(i % probes.len() as u64) as usize];
+        let (action, _, took) = gw.dp.test_run_repeat(&p.frame, p.ifindex, 1)?;
+        if action != p.action {
+            wrong_action += 1;
+        }
+        times.push(took.as_nanos() as f64);
+        for e in &p.effects {
+            *expected.entry(e.clone()).or_default() += 1;
+        }
+    }
+    let after = gw.snapshot(tunnels)?;
+    let why = check(&expected, &before.delta(&after), wrong_action);
+    Ok(Timing {
+        ns: trimmed_mean(&mut times),
+        runs,
+        valid: why.is_none(),
+        why_invalid: why,
+    })
+}
+
+/// The same frame `repeat` times in ONE test run. Only valid for a path
+/// whose output frame takes the same path again; the counters decide.
+pub fn measure_repeat(
+    gw: &mut GatewayNs,
+    probe: &Probe,
+    repeat: u32,
+    tunnels: u32,
+) -> Result<Timing> {
+    let before = gw.snapshot(tunnels)?;
+    let (_, _, took) = gw.dp.test_run_repeat(&probe.frame, probe.ifindex, repeat)?;
+    let after = gw.snapshot(tunnels)?;
+    let mut expected = Effects::new();
+    for e in &probe.effects {
+        expected.insert(e.clone(), repeat as u64);
+    }
+    let why = check(&expected, &before.delta(&after), 0);
+    Ok(Timing {
+        ns: took.as_nanos() as f64,
+        runs: repeat as u64,
+        valid: why.is_none(),
+        why_invalid: why,
+    })
+}
+
+fn check(expected: &Effects, seen: &Effects, wrong_action: u64) -> Option<String> {
+    // Bytes are not compared; rx/tx/fates must match exactly, and nothing
+    // else may have moved.
+    let mut problems = Vec::new();
+    if wrong_action > 0 {
+        problems.push(format!("{wrong_action} runs returned another XDP action"));
+    }
+    for (k, n) in expected {
+        let got = seen.get(k).copied().unwrap_or(0);
+        if got != *n {
+            problems.push(format!("{} {}: expected {n}, counted {got}", k.0, k.1));
+        }
+    }
+    for (k, n) in seen {
+        if !expected.contains_key(k) {
+            problems.push(format!("{} {}: unexpected {n}", k.0, k.1));
+        }
+    }
+    if problems.is_empty() {
+        None
+    } else {
+        problems.truncate(4);
+        Some(problems.join("; "))
+    }
+}
+
+pub fn trimmed_mean(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let keep = ((v.len() as f64) * 0.9).ceil().max(1.0) as usize;
+    v[..keep].iter().sum::<f64>() / keep as f64
+}
+
+/// A benchmark-only program (gateway-ebpf/src/bin/bench.rs) loaded and
+/// ready for test runs.
+pub struct BenchProgram {
+    pub ebpf: Ebpf,
+    pub name: &'static str,
+}
+
+impl BenchProgram {
+    pub fn load(name: &'static str) -> Result<BenchProgram> {
+        if ebpf::BENCH_OBJECT.is_empty() {
+            bail!("built without eBPF objects (AYA_BUILD_SKIP); run `cargo xtask setup`");
+        }
+        let mut ebpf = Ebpf::load(ebpf::BENCH_OBJECT).context("loading the bench object")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the bench object"))?
+            .try_into()?;
+        prog.load()
+            .map_err(|e| anyhow!("the kernel rejected {name}: {e}"))?;
+        Ok(BenchProgram { ebpf, name })
+    }
+
+    pub fn prog(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(self.name)
+            .context("program vanished")?
+            .try_into()?)
+    }
+
+    /// One test run; returns the action and the kernel's time for it.
+    pub fn run(&mut self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, f64)> {
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = self.prog()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok((r.return_value, r.duration.as_nanos() as f64))
+    }
+
+    /// Like `measure`: `runs` runs of one packet each; valid if every run
+    /// returned `action` (the floor has no counters; its one branch is
+    /// decided by the action).
+    pub fn measure(&mut self, frame: &[u8], ifindex: u32, runs: u64, action: u32) -> Result<Timing> {
+        let mut times = Vec::with_capacity(runs as usize);
+        let mut wrong = 0;
+        for _ in 0..runs {
+            let (a, ns) = self.run(frame, ifindex, 1)?;
+            if a != action {
+                wrong += 1;
+            }
+            times.push(ns);
+        }
+        Ok(Timing {
+            ns: trimmed_mean(&mut times),
+            runs,
+            valid: wrong == 0,
+            why_invalid: (wrong > 0).then(|| format!("{wrong} runs returned another action")),
+        })
+    }
+}

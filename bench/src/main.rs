@@ -1,0 +1,128 @@
+//! `gateway-bench`, run by `cargo xtask bench [--quick]`: measures the
+//! gateway against baselines in the same run on the same machine, so the
+//! results are ratios that hold on a noisy shared machine.
+//!
+//! 1. per-packet program cost of each path vs a floor program (costs.rs);
+//! 2. lab line rate with live frames through namespaces: a trivial
+//!    forwarder, the gateway, the Linux kernel with stateless and with
+//!    conntrack NAT (lab.rs);
+//! 3. cost, load time and memory as tables grow (scale.rs).
+//!
+//! Writes report.json, report.md and scale.svg to `--out`.
+
+mod costs;
+mod fixture;
+mod frames;
+mod lab;
+mod plot;
+mod report;
+mod scale;
+mod sys;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "gateway-bench", about = "Benchmarks of the XDP gateway (root)")]
+struct Cli {
+    /// Small tables and short runs (for `cargo xtask test`).
+    #[arg(long)]
+    quick: bool,
+    /// Folder for report.json, report.md and scale.svg.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// How the run was started, for the report.
+    #[arg(long, default_value = "cargo xtask bench")]
+    command: String,
+}
+
+struct Plan {
+    runs: u64,
+    rounds: usize,
+    lab_frames: u32,
+    lab_rounds: usize,
+    routes: Vec<u64>,
+    nat: Vec<u64>,
+    tunnels: Vec<u64>,
+    scale_runs: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli) {
+        eprintln!("gateway-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root (BPF_PROG_TEST_RUN, XDP, network namespaces)");
+    }
+    if sys::online_cpus() < 2 {
+        bail!("needs 2 CPUs: the lab keeps the generator and the forwarder on different CPUs");
+    }
+    let plan = if cli.quick {
+        Plan {
+            runs: 2_000,
+            rounds: 2,
+            lab_frames: 300_000,
+            lab_rounds: 1,
+            routes: vec![100, 1_000, 10_000],
+            nat: vec![1, 100, 1_000],
+            tunnels: vec![1, 64, 512],
+            scale_runs: 4_096,
+        }
+    } else {
+        Plan {
+            runs: 20_000,
+            rounds: 5,
+            lab_frames: 4_000_000,
+            lab_rounds: 3,
+            routes: vec![100, 1_000, 10_000, 100_000, 1_000_000],
+            nat: vec![1, 100, 1_000, 10_000, 100_000],
+            tunnels: vec![1, 16, 256, 1_024, 4_094],
+            scale_runs: 40_960,
+        }
+    };
+    let started = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+
+    eprintln!("==> 1. per-packet cost ({} runs x {} rounds per path)", plan.runs, plan.rounds);
+    let costs = costs::run(plan.runs, plan.rounds)?;
+
+    eprintln!("==> 2. lab line rate ({} frames per forwarder)", plan.lab_frames);
+    let (lab, lab_notes) = lab::run(plan.lab_frames, plan.lab_rounds)?;
+
+    eprintln!("==> 3. scale");
+    let mut scale = scale::routes(&plan.routes, plan.scale_runs)?;
+    scale.extend(scale::nat(&plan.nat, plan.scale_runs)?);
+    scale.extend(scale::tunnels(&plan.tunnels, plan.scale_runs)?);
+
+    let mut report = report::Report {
+        machine: sys::machine(),
+        command: cli.command.clone(),
+        quick: cli.quick,
+        started_unix,
+        floor_ns: costs.floor.ns,
+        floor_runs: costs.floor.runs,
+        costs: costs.paths,
+        control: costs.control,
+        lab,
+        lab_notes,
+        scale,
+        targets: Vec::new(),
+        duration_s: started.elapsed().as_secs_f64(),
+    };
+    report.targets();
+    report.write(&cli.out)?;
+    println!("{}", report.markdown());
+    println!("wrote {}", cli.out.join("report.md").display());
+    Ok(())
+}

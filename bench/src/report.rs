@@ -1,0 +1,189 @@
+//! The results: one JSON document (`report.json`, read back by
+//! `cargo xtask test`), its Markdown rendering (`report.md`, also printed
+//! to the terminal) and the cost-vs-table-size plot (`scale.svg`).
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PathCost {
+    pub name: String,
+    /// Program time per packet (ns).
+    pub ns: f64,
+    /// ns / floor ns.
+    pub vs_floor: f64,
+    pub runs: u64,
+    pub valid: bool,
+    pub why_invalid: Option<String>,
+}
+
+/// The self-check of the path validation (see costs.rs).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Control {
+    pub what: String,
+    pub detected_invalid: bool,
+    pub detail: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct LabRate {
+    /// a, b, c, d.
+    pub key: String,
+    pub name: String,
+    /// Frames delivered to the sink per second (millions).
+    pub mpps: f64,
+    /// Frames the generator produced per second (millions).
+    pub offered_mpps: f64,
+    pub delivered: u64,
+    /// mpps / mpps of (a).
+    pub vs_line_rate: f64,
+    /// Busy time of the forwarding CPU per delivered packet (ns).
+    pub cpu_ns_per_packet: f64,
+    /// The XDP program's own run time per packet from bpf_stats, where the
+    /// forwarder is an XDP program.
+    pub bpf_ns_per_packet: Option<f64>,
+    pub valid: bool,
+    pub why_invalid: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ScalePoint {
+    /// routes, nat, tunnels.
+    pub table: String,
+    pub size: u64,
+    pub ns: f64,
+    /// ns / ns at the smallest size of the same table.
+    pub vs_smallest: f64,
+    /// Time to write the table into fresh maps (ms).
+    pub load_ms: f64,
+    /// Kernel memory of the table's own maps (bytes, memlock).
+    pub memlock_bytes: u64,
+    /// Kernel memory of all the gateway's maps (bytes, memlock).
+    pub total_memlock_bytes: u64,
+    pub valid: bool,
+    pub why_invalid: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    pub want: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Report {
+    pub machine: String,
+    pub command: String,
+    pub quick: bool,
+    pub started_unix: u64,
+    pub floor_ns: f64,
+    pub floor_runs: u64,
+    pub costs: Vec<PathCost>,
+    pub control: Control,
+    pub lab: Vec<LabRate>,
+    pub lab_notes: Vec<String>,
+    pub scale: Vec<ScalePoint>,
+    pub targets: Vec<Target>,
+    pub duration_s: f64,
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn ok(valid: bool) -> &'static str {
+    if valid {
+        "valid"
+    } else {
+        "INVALID"
+    }
+}
+
+impl Report {
+    pub fn targets(&mut self) {
+        let mut t = Vec::new();
+        let rate = |k: &str| self.lab.iter().find(|r| r.key == k).map(|r| r.mpps);
+        if let (Some(a), Some(b)) = (rate("a"), rate("b")) {
+            t.push(Target {
+                name: "gateway (b) vs lab line rate (a)".into(),
+                want: ">= 0.9x".into(),
+                measured: format!("{:.2}x ({b:.2} / {a:.2} Mpps)", b / a),
+                met: b / a >= 0.9,
+            });
+        }
+        if let (Some(b), Some(c)) = (rate("b"), rate("c")) {
+            t.push(Target {
+                name: "gateway (b) vs kernel stateless NAT (c)".into(),
+                want: ">= 5x".into(),
+                measured: format!("{:.2}x ({b:.2} / {c:.2} Mpps)", b / c),
+                met: b / c >= 5.0,
+            });
+        }
+        let routes: Vec<&ScalePoint> = self.scale.iter().filter(|p| p.table == "routes").collect();
+        let at = |n: u64| routes.iter().find(|p| p.size == n).map(|p| p.ns);
+        let largest = routes.iter().map(|p| p.size).filter(|&n| n <= 100_000).max();
+        if let (Some(base), Some(big)) = (at(100), largest.and_then(at)) {
+            let n = largest.unwrap_or(0);
+            t.push(Target {
+                name: format!("route lookup cost at {n} routes vs 100 routes"),
+                want: "<= 1.5x (at 100k routes)".into(),
+                measured: format!("{:.2}x ({big:.1} / {base:.1} ns)", big / base),
+                met: big / base <= 1.5,
+            });
+        }
+        self.targets = t;
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Benchmark report\n");
+        let _ = writeln!(s, "- machine: {}", self.machine);
+        let _ = writeln!(s, "- command: `{}`", self.command);
+        let _ = writeln!(s, "- run took {:.0} s{}\n", self.duration_s, if self.quick { " (quick: small sizes, short runs; the figures are noisy)" } else { "" });
+
+        let _ = writeln!(s, "## Targets\n");
+        let _ = writeln!(s, "| target | want | measured | met |\n| --- | --- | --- | --- |");
+        for t in &self.targets {
+            let _ = writeln!(s, "| {} | {} | {} | {} |", t.name, t.want, t.measured, if t.met { "yes" } else { "**no**" });
+        }
+
+        let _ = writeln!(s, "\n## 1. Per-packet program cost (BPF_PROG_TEST_RUN)\n");
+        let _ = writeln!(s, "Each run is one test run of one packet (repeat = 1: the gateway rewrites frames, and with `repeat` every run after the first would process its own output). The kernel's own per-run time, mean of the fastest 90%, best of the rounds. Every path is proven from the gateway's counters: the XDP action of every run and the exact counter deltas (rx, tx, fates) of all runs, nothing else moved.\n");
+        let _ = writeln!(s, "| path | ns/packet | x floor | runs | check |\n| --- | ---: | ---: | ---: | --- |");
+        let _ = writeln!(s, "| floor: parse Ethernet, swap MACs, XDP_TX | {:.1} | 1.00 | {} | valid |", self.floor_ns, self.floor_runs);
+        for c in &self.costs {
+            let _ = writeln!(s, "| {} | {:.1} | {:.2} | {} | {}{} |", c.name, c.ns, c.vs_floor, c.runs, ok(c.valid), c.why_invalid.as_deref().map(|w| format!(": {w}")).unwrap_or_default());
+        }
+        let _ = writeln!(s, "\nControl: {} -> {} ({}).", self.control.what, if self.control.detected_invalid { "flagged invalid by the counters, as it must be" } else { "NOT flagged: the validation is broken" }, self.control.detail);
+
+        let _ = writeln!(s, "\n## 2. Lab line rate (live frames, namespaces)\n");
+        let _ = writeln!(s, "| | forwarder | delivered Mpps | x line rate (a) | offered Mpps | forwarding CPU ns/packet | XDP program ns/packet (bpf_stats) | check |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+        for r in &self.lab {
+            let _ = writeln!(s, "| ({}) | {} | {:.3} | {:.2} | {:.3} | {:.0} | {} | {}{} |", r.key, r.name, r.mpps, r.vs_line_rate, r.offered_mpps, r.cpu_ns_per_packet, r.bpf_ns_per_packet.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()), ok(r.valid), r.why_invalid.as_deref().map(|w| format!(": {w}")).unwrap_or_default());
+        }
+        for n in &self.lab_notes {
+            let _ = writeln!(s, "\n{n}");
+        }
+
+        let _ = writeln!(s, "\n## 3. Scale\n");
+        let _ = writeln!(s, "Fresh maps for every size. ns/packet from test runs cycling through 4096 different frames spread over the table; load = time to write the table into the maps (`Datapath::apply`); memory = the kernel's memlock accounting of the table's maps (all of the gateway's maps in brackets).\n");
+        let _ = writeln!(s, "| table | size | ns/packet | x smallest | load ms | memory | check |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+        for p in &self.scale {
+            let _ = writeln!(s, "| {} | {} | {:.1} | {:.2} | {:.1} | {} ({}) | {}{} |", p.table, p.size, p.ns, p.vs_smallest, p.load_ms, mib(p.memlock_bytes), mib(p.total_memlock_bytes), ok(p.valid), p.why_invalid.as_deref().map(|w| format!(": {w}")).unwrap_or_default());
+        }
+        let _ = writeln!(s, "\n![cost vs table size](scale.svg)");
+        s
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        crate::plot::scale_svg(&self.scale, &dir.join("scale.svg"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,282 @@
+//! 3. Scale: per-packet cost, load time and kernel memory with growing
+//!    route tables, NAT mapping tables and tunnel counts. Each size gets a
+//!    fresh namespace and fresh maps, so load time is the time to fill them
+//!    from empty and memory is what that size alone takes.
+
+use std::{net::Ipv4Addr, time::Instant};
+
+use anyhow::{Context, Result};
+use gateway_common::map_names as names;
+use gateway_user::config::{Config, IpMappingCfg};
+use ipnet::Ipv4Net;
+
+use crate::{
+    fixture::{effect, measure, GatewayNs, Probe, CONFIG, VPC_HOST, VPC_HOST_MAC, XDP_REDIRECT},
+    frames,
+    report::ScalePoint,
+    sys,
+};
+
+/// Distinct destinations (frames) per measurement: spread over the table,
+/// so the lookups walk many paths, not one hot entry.
+const DESTINATIONS: usize = 4096;
+
+const LOCAL_100: [u8; 4] = [169, 254, 100, 1];
+const PEER_100: [u8; 4] = [169, 254, 100, 2];
+
+/// Random customer prefixes: mostly /24 as in real IDC tables, some
+/// shorter and longer ones, from all of the unicast space except what the
+/// bench config uses; canonical and distinct.
+pub fn random_routes(n: usize, seed: u64) -> Vec<Ipv4Net> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    const LENS: [(u8, u32); 6] = [(16, 5), (20, 10), (22, 10), (24, 60), (28, 10), (32, 5)];
+    while out.len() < n {
+        let pick = rng.u32(0..100);
+        let mut acc = 0;
+        let mut len = 24;
+        for (l, w) in LENS {
+            acc += w;
+            if pick < acc {
+                len = l;
+                break;
+            }
+        }
+        let addr = rng.u32(0x0100_0000..0xe000_0000);
+        let first = addr >> 24;
+        // Reserved or used by the bench config: 10/8, 100.64/10, 127/8,
+        // 169.254/16, 172.16/12, 192.168/16.
+        if first == 10
+            || first == 127
+            || (addr & 0xffc0_0000) == 0x6440_0000
+            || (addr & 0xffff_0000) == 0xa9fe_0000
+            || (addr & 0xfff0_0000) == 0xac10_0000
+            || (addr & 0xffff_0000) == 0xc0a8_0000
+        {
+            continue;
+        }
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let net = addr & mask;
+        if seen.insert((net, len)) {
+            out.push(Ipv4Net::new(Ipv4Addr::from(net), len).expect("valid prefix"));
+        }
+    }
+    out
+}
+
+/// A random host inside a prefix.
+fn host_in(net: &Ipv4Net, rng: &mut fastrand::Rng) -> [u8; 4] {
+    let base = u32::from(net.network());
+    let host_bits = 32 - net.prefix_len() as u32;
+    let host = if host_bits == 0 {
+        0
+    } else {
+        rng.u32(..) & ((1u64 << host_bits) - 1) as u32
+    };
+    (base | host).to_be_bytes()
+}
+
+fn point(table: &str, size: u64, gw: &GatewayNs, load: f64, maps: &[&str]) -> Result<ScalePoint> {
+    let mut memlock = 0;
+    for m in maps {
+        memlock += sys::map_memlock(&gw.pin_dir().join(m))?;
+    }
+    Ok(ScalePoint {
+        table: table.into(),
+        size,
+        ns: 0.0,
+        vs_smallest: 0.0,
+        load_ms: load * 1e3,
+        memlock_bytes: memlock,
+        total_memlock_bytes: sys::pinned_memlock(gw.pin_dir())?,
+        valid: false,
+        why_invalid: None,
+    })
+}
+
+/// Routes: VPC -> IDC (the direction that looks up customer prefixes),
+/// every destination inside a random route of the table.
+pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
+    let all = random_routes(*sizes.iter().max().unwrap_or(&0) as usize, 0x5eed);
+    let mut out = Vec::new();
+    for &n in sizes {
+        let mut gw = GatewayNs::new(CONFIG)?;
+        let mut config: Config = gw.config.clone();
+        config.tunnels[0]
+            .routes
+            .extend(all[..n as usize].iter().copied());
+        let plan = gw.plan(&config)?;
+        let started = Instant::now();
+        gw.dp.apply(&plan)?;
+        let load = started.elapsed().as_secs_f64();
+        gw.learn_peer(100, PEER_100, LOCAL_100)?;
+        let mut rng = fastrand::Rng::with_seed(n);
+        let probes: Vec<Probe> = (0..DESTINATIONS)
+            .map(|_| {
+                let net = &all[rng.usize(..n as usize)];
+                Probe {
+                    frame: frames::udp_untagged(
+                        VPC_HOST_MAC,
+                        gw.vpc.mac,
+                        VPC_HOST,
+                        40000,
+                        host_in(net, &mut rng),
+                        53,
+                    ),
+                    ifindex: gw.vpc.ifindex,
+                    action: XDP_REDIRECT,
+                    effects: vec![effect("gateway:0", "rx"), effect("tunnel:0", "tx")],
+                }
+            })
+            .collect();
+        let mut p = point("routes", n, &gw, load, &route_maps())?;
+        let t = measure(&mut gw, &probes, runs, 2)?;
+        p.ns = t.ns;
+        p.valid = t.valid;
+        p.why_invalid = t.why_invalid;
+        eprintln!("  routes {n:>8}: {:6.1} ns/packet, load {:8.1} ms", p.ns, p.load_ms);
+        out.push(p);
+    }
+    Ok(ratios(out))
+}
+
+/// The maps a route table lives in.
+pub fn route_maps() -> Vec<&'static str> {
+    vec![names::ROUTES]
+}
+
+/// NAT: N host peer mappings on the mapped tunnel; IDC -> VPC frames from
+/// sources spread over them.
+pub fn nat(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
+    let mut out = Vec::new();
+    for &n in sizes {
+        let mut gw = GatewayNs::new(CONFIG)?;
+        let mut config: Config = gw.config.clone();
+        config.tunnels[1].peer_ip_mappings = (0..n as u32)
+            .map(|i| IpMappingCfg {
+                original: Ipv4Addr::from(0x0a80_0000 + i).into(),
+                mapped: Ipv4Addr::from(0x6450_0000 + i).into(),
+                line: 0,
+            })
+            .collect();
+        let plan = gw.plan(&config)?;
+        let started = Instant::now();
+        gw.dp.apply(&plan)?;
+        let load = started.elapsed().as_secs_f64();
+        let mut rng = fastrand::Rng::with_seed(n);
+        let probes: Vec<Probe> = (0..DESTINATIONS)
+            .map(|_| {
+                let src = (0x0a80_0000 + rng.u32(..n as u32)).to_be_bytes();
+                Probe {
+                    frame: frames::udp_tagged(101, gw.conn.mac, src, VPC_HOST),
+                    ifindex: gw.conn.ifindex,
+                    action: XDP_REDIRECT,
+                    effects: vec![
+                        effect("connection:0", "rx"),
+                        effect("tunnel:1", "rx"),
+                        effect("gateway:0", "tx"),
+                    ],
+                }
+            })
+            .collect();
+        let mut p = point("nat", n, &gw, load, &[names::IP_MAPPINGS])?;
+        let t = measure(&mut gw, &probes, runs, 2)?;
+        p.ns = t.ns;
+        p.valid = t.valid;
+        p.why_invalid = t.why_invalid;
+        eprintln!("  nat    {n:>8}: {:6.1} ns/packet, load {:8.1} ms", p.ns, p.load_ms);
+        out.push(p);
+    }
+    Ok(ratios(out))
+}
+
+/// The config with `n` tunnels on the one connection (VLANs 1..=n), each
+/// with its own /24, as an operator would write it.
+fn tunnels_config(n: u64) -> String {
+    let mut s = String::from(
+        r#"
+[node]
+name = "bench"
+
+[[connection]]
+name = "line-a"
+interface = "conn0"
+
+[[gateway]]
+name = "dcg"
+vpc = "vpc"
+vpc_cidrs = ["172.16.0.0/16"]
+interface = "vpc0"
+"#,
+    );
+    for i in 0..n {
+        let (hi, lo) = (i / 64, (i % 64) * 4);
+        s.push_str(&format!(
+            "\n[[tunnel]]\nname = \"t{v}\"\nconnection = \"line-a\"\nvlan = {v}\ngateway = \"dcg\"\nlocal_ip = \"169.254.{hi}.{l}/30\"\npeer_ip = \"169.254.{hi}.{p}\"\nroutes = [\"10.{a}.{b}.0/24\"]\n",
+            v = i + 1,
+            l = lo + 1,
+            p = lo + 2,
+            a = i / 256,
+            b = i % 256,
+        ));
+    }
+    s
+}
+
+/// Tunnels: IDC -> VPC frames on VLANs spread over all tunnels.
+pub fn tunnels(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
+    let mut out = Vec::new();
+    for &n in sizes {
+        let text = tunnels_config(n);
+        let mut gw = GatewayNs::new(&text)?;
+        let plan = gw.plan(&gw.config.clone())?;
+        let started = Instant::now();
+        gw.dp.apply(&plan)?;
+        let load = started.elapsed().as_secs_f64();
+        let mut rng = fastrand::Rng::with_seed(n);
+        let conn = gw.conn.ifindex;
+        let probes: Vec<Probe> = (0..DESTINATIONS)
+            .map(|_| {
+                let vlan = rng.u16(1..=n as u16);
+                let id = plan.tunnel_by_vlan[&(conn, vlan)].id;
+                Ok(Probe {
+                    frame: frames::udp_tagged(vlan, gw.conn.mac, [10, 9, 0, 5], VPC_HOST),
+                    ifindex: conn,
+                    action: XDP_REDIRECT,
+                    effects: vec![
+                        effect("connection:0", "rx"),
+                        effect(&format!("tunnel:{id}"), "rx"),
+                        effect("gateway:0", "tx"),
+                    ],
+                })
+            })
+            .collect::<Result<_>>()
+            .context("probes")?;
+        let mut p = point(
+            "tunnels",
+            n,
+            &gw,
+            load,
+            &[names::TUNNEL_BY_VLAN, names::TUNNELS, names::NEXTHOP_GROUPS],
+        )?;
+        let max_id = plan.tunnels.keys().max().copied().unwrap_or(0) + 1;
+        let t = measure(&mut gw, &probes, runs, max_id)?;
+        p.ns = t.ns;
+        p.valid = t.valid;
+        p.why_invalid = t.why_invalid;
+        eprintln!("  tunnels {n:>7}: {:6.1} ns/packet, load {:8.1} ms", p.ns, p.load_ms);
+        out.push(p);
+    }
+    Ok(ratios(out))
+}
+
+/// Fills `vs_smallest`: cost at each size over the cost at the smallest.
+fn ratios(mut points: Vec<ScalePoint>) -> Vec<ScalePoint> {
+    if let Some(base) = points.first().map(|p| p.ns) {
+        for p in &mut points {
+            p.vs_smallest = p.ns / base;
+        }
+    }
+    points
+}
