@@ -5,8 +5,8 @@ use anyhow::Result;
 
 use crate::{
     fixture::{
-        effect, measure, measure_repeat, BenchProgram, GatewayNs, Probe, Timing, CONFIG,
-        VPC_HOST, VPC_HOST_MAC, XDP_DROP, XDP_REDIRECT, XDP_TX,
+        effect, measure, measure_repeat, BenchProgram, GatewayNs, Probe, Timing, CONFIG, VPC_HOST,
+        VPC_HOST_MAC, XDP_DROP, XDP_REDIRECT, XDP_TX,
     },
     frames,
     report::{Control, PathCost},
@@ -75,6 +75,7 @@ fn paths(gw: &GatewayNs) -> Vec<(&'static str, Probe)> {
                     effect("connection:0", "rx"),
                     effect("tunnel:0", "rx"),
                     effect("tunnel:0", "arp_replied"),
+                    effect("tunnel:0", "tx"),
                 ],
             },
         ),
@@ -93,6 +94,7 @@ fn paths(gw: &GatewayNs) -> Vec<(&'static str, Probe)> {
     ]
 }
 
+#[derive(Default)]
 pub struct Costs {
     pub floor: Timing,
     pub paths: Vec<PathCost>,
@@ -165,9 +167,15 @@ fn pick(a: Option<Timing>, b: Timing) -> Timing {
         Some(_) if !b.valid => b,
         Some(a) => {
             if b.ns < a.ns {
-                Timing { runs: a.runs + b.runs, ..b }
+                Timing {
+                    runs: a.runs + b.runs,
+                    ..b
+                }
             } else {
-                Timing { runs: a.runs + b.runs, ..a }
+                Timing {
+                    runs: a.runs + b.runs,
+                    ..a
+                }
             }
         }
     }

@@ -166,18 +166,7 @@ impl GatewayNs {
 
     /// Every counter slot a measurement may touch, by owner name.
     pub fn snapshot(&self, tunnels: u32) -> Result<Snapshot> {
-        let mut s = Snapshot::default();
-        for (map, prefix, n) in [
-            (names::TUNNEL_COUNTERS, "tunnel", tunnels),
-            (names::CONNECTION_COUNTERS, "connection", 1),
-            (names::GATEWAY_COUNTERS, "gateway", 1),
-            (names::NODE_COUNTERS, "node", 1),
-        ] {
-            for (id, c) in self.dp.counters(map, 0..n)? {
-                s.0.insert(format!("{prefix}:{id}"), c);
-            }
-        }
-        Ok(s)
+        Snapshot::read(&self.dp, tunnels)
     }
 }
 
@@ -189,6 +178,22 @@ pub struct Snapshot(BTreeMap<String, Counters>);
 pub type Effects = BTreeMap<(String, String), u64>;
 
 impl Snapshot {
+    /// Tunnels 0..tunnels, connection 0, gateway 0, the node slot.
+    pub fn read(dp: &Datapath, tunnels: u32) -> Result<Snapshot> {
+        let mut s = Snapshot::default();
+        for (map, prefix, n) in [
+            (names::TUNNEL_COUNTERS, "tunnel", tunnels),
+            (names::CONNECTION_COUNTERS, "connection", 1),
+            (names::GATEWAY_COUNTERS, "gateway", 1),
+            (names::NODE_COUNTERS, "node", 1),
+        ] {
+            for (id, c) in dp.counters(map, 0..n)? {
+                s.0.insert(format!("{prefix}:{id}"), c);
+            }
+        }
+        Ok(s)
+    }
+
     /// Packet counts that changed between `self` and `later`.
     pub fn delta(&self, later: &Snapshot) -> Effects {
         let mut out = Effects::new();
@@ -224,7 +229,7 @@ pub fn effect(owner: &str, what: &str) -> (String, String) {
 }
 
 /// Result of one measurement.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Timing {
     /// Per-packet cost: mean of the per-run kernel times after dropping the
     /// slowest 10% (interrupts, preemption).
@@ -241,12 +246,7 @@ pub struct Timing {
 /// with `repeat` > 1 every run after the first would see its own output),
 /// cycling through `probes`. The kernel's per-run time excludes the
 /// syscall. Proves the path from the counters.
-pub fn measure(
-    gw: &mut GatewayNs,
-    probes: &[Probe],
-    runs: u64,
-    tunnels: u32,
-) -> Result<Timing> {
+pub fn measure(gw: &mut GatewayNs, probes: &[Probe], runs: u64, tunnels: u32) -> Result<Timing> {
     let before = gw.snapshot(tunnels)?;
     let mut times = Vec::with_capacity(runs as usize);
     let mut expected = Effects::new();
@@ -380,7 +380,13 @@ impl BenchProgram {
     /// Like `measure`: `runs` runs of one packet each; valid if every run
     /// returned `action` (the floor has no counters; its one branch is
     /// decided by the action).
-    pub fn measure(&mut self, frame: &[u8], ifindex: u32, runs: u64, action: u32) -> Result<Timing> {
+    pub fn measure(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        runs: u64,
+        action: u32,
+    ) -> Result<Timing> {
         let mut times = Vec::with_capacity(runs as usize);
         let mut wrong = 0;
         for _ in 0..runs {

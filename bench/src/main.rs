@@ -33,6 +33,10 @@ struct Cli {
     /// Folder for report.json, report.md and scale.svg.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Run only these parts (costs, lab, routes, nat, tunnels); the report
+    /// then lacks the others. For working on one part.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// How the run was started, for the report.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
@@ -94,16 +98,36 @@ fn run(cli: &Cli) -> Result<()> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
 
-    eprintln!("==> 1. per-packet cost ({} runs x {} rounds per path)", plan.runs, plan.rounds);
-    let costs = costs::run(plan.runs, plan.rounds)?;
-
-    eprintln!("==> 2. lab line rate ({} frames per forwarder)", plan.lab_frames);
-    let (lab, lab_notes) = lab::run(plan.lab_frames, plan.lab_rounds)?;
-
+    let part = |p: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == p);
+    let costs = if part("costs") {
+        eprintln!(
+            "==> 1. per-packet cost ({} runs x {} rounds per path)",
+            plan.runs, plan.rounds
+        );
+        costs::run(plan.runs, plan.rounds)?
+    } else {
+        costs::Costs::default()
+    };
+    let (lab, lab_notes) = if part("lab") {
+        eprintln!(
+            "==> 2. lab line rate ({} frames per forwarder)",
+            plan.lab_frames
+        );
+        lab::run(plan.lab_frames, plan.lab_rounds)?
+    } else {
+        Default::default()
+    };
     eprintln!("==> 3. scale");
-    let mut scale = scale::routes(&plan.routes, plan.scale_runs)?;
-    scale.extend(scale::nat(&plan.nat, plan.scale_runs)?);
-    scale.extend(scale::tunnels(&plan.tunnels, plan.scale_runs)?);
+    let mut scale = Vec::new();
+    if part("routes") {
+        scale.extend(scale::routes(&plan.routes, plan.scale_runs)?);
+    }
+    if part("nat") {
+        scale.extend(scale::nat(&plan.nat, plan.scale_runs)?);
+    }
+    if part("tunnels") {
+        scale.extend(scale::tunnels(&plan.tunnels, plan.scale_runs)?);
+    }
 
     let mut report = report::Report {
         machine: sys::machine(),

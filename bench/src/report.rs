@@ -20,7 +20,7 @@ pub struct PathCost {
 }
 
 /// The self-check of the path validation (see costs.rs).
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct Control {
     pub what: String,
     pub detected_invalid: bool,
@@ -125,7 +125,11 @@ impl Report {
         }
         let routes: Vec<&ScalePoint> = self.scale.iter().filter(|p| p.table == "routes").collect();
         let at = |n: u64| routes.iter().find(|p| p.size == n).map(|p| p.ns);
-        let largest = routes.iter().map(|p| p.size).filter(|&n| n <= 100_000).max();
+        let largest = routes
+            .iter()
+            .map(|p| p.size)
+            .filter(|&n| n <= 100_000)
+            .max();
         if let (Some(base), Some(big)) = (at(100), largest.and_then(at)) {
             let n = largest.unwrap_or(0);
             t.push(Target {
@@ -143,27 +147,92 @@ impl Report {
         let _ = writeln!(s, "# Benchmark report\n");
         let _ = writeln!(s, "- machine: {}", self.machine);
         let _ = writeln!(s, "- command: `{}`", self.command);
-        let _ = writeln!(s, "- run took {:.0} s{}\n", self.duration_s, if self.quick { " (quick: small sizes, short runs; the figures are noisy)" } else { "" });
+        let _ = writeln!(
+            s,
+            "- run took {:.0} s{}\n",
+            self.duration_s,
+            if self.quick {
+                " (quick: small sizes, short runs; the figures are noisy)"
+            } else {
+                ""
+            }
+        );
 
         let _ = writeln!(s, "## Targets\n");
-        let _ = writeln!(s, "| target | want | measured | met |\n| --- | --- | --- | --- |");
+        let _ = writeln!(
+            s,
+            "| target | want | measured | met |\n| --- | --- | --- | --- |"
+        );
         for t in &self.targets {
-            let _ = writeln!(s, "| {} | {} | {} | {} |", t.name, t.want, t.measured, if t.met { "yes" } else { "**no**" });
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                t.name,
+                t.want,
+                t.measured,
+                if t.met { "yes" } else { "**no**" }
+            );
         }
 
         let _ = writeln!(s, "\n## 1. Per-packet program cost (BPF_PROG_TEST_RUN)\n");
         let _ = writeln!(s, "Each run is one test run of one packet (repeat = 1: the gateway rewrites frames, and with `repeat` every run after the first would process its own output). The kernel's own per-run time, mean of the fastest 90%, best of the rounds. Every path is proven from the gateway's counters: the XDP action of every run and the exact counter deltas (rx, tx, fates) of all runs, nothing else moved.\n");
-        let _ = writeln!(s, "| path | ns/packet | x floor | runs | check |\n| --- | ---: | ---: | ---: | --- |");
-        let _ = writeln!(s, "| floor: parse Ethernet, swap MACs, XDP_TX | {:.1} | 1.00 | {} | valid |", self.floor_ns, self.floor_runs);
+        let _ = writeln!(
+            s,
+            "| path | ns/packet | x floor | runs | check |\n| --- | ---: | ---: | ---: | --- |"
+        );
+        let _ = writeln!(
+            s,
+            "| floor: parse Ethernet, swap MACs, XDP_TX | {:.1} | 1.00 | {} | valid |",
+            self.floor_ns, self.floor_runs
+        );
         for c in &self.costs {
-            let _ = writeln!(s, "| {} | {:.1} | {:.2} | {} | {}{} |", c.name, c.ns, c.vs_floor, c.runs, ok(c.valid), c.why_invalid.as_deref().map(|w| format!(": {w}")).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {:.2} | {} | {}{} |",
+                c.name,
+                c.ns,
+                c.vs_floor,
+                c.runs,
+                ok(c.valid),
+                c.why_invalid
+                    .as_deref()
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default()
+            );
         }
-        let _ = writeln!(s, "\nControl: {} -> {} ({}).", self.control.what, if self.control.detected_invalid { "flagged invalid by the counters, as it must be" } else { "NOT flagged: the validation is broken" }, self.control.detail);
+        let _ = writeln!(
+            s,
+            "\nControl: {} -> {} ({}).",
+            self.control.what,
+            if self.control.detected_invalid {
+                "flagged invalid by the counters, as it must be"
+            } else {
+                "NOT flagged: the validation is broken"
+            },
+            self.control.detail
+        );
 
         let _ = writeln!(s, "\n## 2. Lab line rate (live frames, namespaces)\n");
         let _ = writeln!(s, "| | forwarder | delivered Mpps | x line rate (a) | offered Mpps | forwarding CPU ns/packet | XDP program ns/packet (bpf_stats) | check |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
         for r in &self.lab {
-            let _ = writeln!(s, "| ({}) | {} | {:.3} | {:.2} | {:.3} | {:.0} | {} | {}{} |", r.key, r.name, r.mpps, r.vs_line_rate, r.offered_mpps, r.cpu_ns_per_packet, r.bpf_ns_per_packet.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()), ok(r.valid), r.why_invalid.as_deref().map(|w| format!(": {w}")).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "| ({}) | {} | {:.3} | {:.2} | {:.3} | {:.0} | {} | {}{} |",
+                r.key,
+                r.name,
+                r.mpps,
+                r.vs_line_rate,
+                r.offered_mpps,
+                r.cpu_ns_per_packet,
+                r.bpf_ns_per_packet
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+                ok(r.valid),
+                r.why_invalid
+                    .as_deref()
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default()
+            );
         }
         for n in &self.lab_notes {
             let _ = writeln!(s, "\n{n}");
@@ -173,7 +242,22 @@ impl Report {
         let _ = writeln!(s, "Fresh maps for every size. ns/packet from test runs cycling through 4096 different frames spread over the table; load = time to write the table into the maps (`Datapath::apply`); memory = the kernel's memlock accounting of the table's maps (all of the gateway's maps in brackets).\n");
         let _ = writeln!(s, "| table | size | ns/packet | x smallest | load ms | memory | check |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |");
         for p in &self.scale {
-            let _ = writeln!(s, "| {} | {} | {:.1} | {:.2} | {:.1} | {} ({}) | {}{} |", p.table, p.size, p.ns, p.vs_smallest, p.load_ms, mib(p.memlock_bytes), mib(p.total_memlock_bytes), ok(p.valid), p.why_invalid.as_deref().map(|w| format!(": {w}")).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.2} | {:.1} | {} ({}) | {}{} |",
+                p.table,
+                p.size,
+                p.ns,
+                p.vs_smallest,
+                p.load_ms,
+                mib(p.memlock_bytes),
+                mib(p.total_memlock_bytes),
+                ok(p.valid),
+                p.why_invalid
+                    .as_deref()
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default()
+            );
         }
         let _ = writeln!(s, "\n![cost vs table size](scale.svg)");
         s

@@ -135,7 +135,10 @@ pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
         p.ns = t.ns;
         p.valid = t.valid;
         p.why_invalid = t.why_invalid;
-        eprintln!("  routes {n:>8}: {:6.1} ns/packet, load {:8.1} ms", p.ns, p.load_ms);
+        eprintln!(
+            "  routes {n:>8}: {:6.1} ns/packet, load {:8.1} ms",
+            p.ns, p.load_ms
+        );
         out.push(p);
     }
     Ok(ratios(out))
@@ -185,7 +188,10 @@ pub fn nat(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
         p.ns = t.ns;
         p.valid = t.valid;
         p.why_invalid = t.why_invalid;
-        eprintln!("  nat    {n:>8}: {:6.1} ns/packet, load {:8.1} ms", p.ns, p.load_ms);
+        eprintln!(
+            "  nat    {n:>8}: {:6.1} ns/packet, load {:8.1} ms",
+            p.ns, p.load_ms
+        );
         out.push(p);
     }
     Ok(ratios(out))
@@ -265,7 +271,10 @@ pub fn tunnels(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
         p.ns = t.ns;
         p.valid = t.valid;
         p.why_invalid = t.why_invalid;
-        eprintln!("  tunnels {n:>7}: {:6.1} ns/packet, load {:8.1} ms", p.ns, p.load_ms);
+        eprintln!(
+            "  tunnels {n:>7}: {:6.1} ns/packet, load {:8.1} ms",
+            p.ns, p.load_ms
+        );
         out.push(p);
     }
     Ok(ratios(out))

@@ -21,6 +21,7 @@ pub mod map_names {
     pub const PEER_NEIGH: &str = "PEER_NEIGH";
     pub const GATEWAYS: &str = "GATEWAYS";
     pub const ROUTES: &str = "ROUTES";
+    pub const ROUTE_PREFIX_LENS: &str = "ROUTE_PREFIX_LENS";
     pub const NEXTHOP_GROUPS: &str = "NEXTHOP_GROUPS";
     pub const TUNNEL_COUNTERS: &str = "TUNNEL_COUNTERS";
     pub const CONNECTION_COUNTERS: &str = "CONNECTION_COUNTERS";
@@ -38,6 +39,7 @@ pub mod map_names {
         PEER_NEIGH,
         GATEWAYS,
         ROUTES,
+        ROUTE_PREFIX_LENS,
         NEXTHOP_GROUPS,
         TUNNEL_COUNTERS,
         CONNECTION_COUNTERS,
@@ -183,10 +185,60 @@ pub struct Gateway {
 }
 const _: () = assert!(core::mem::size_of::<Gateway>() == 8);
 
-/// Data part of the `ROUTES` LPM trie key. The trie compares bits from the
-/// first byte on, so the gateway id comes first, big-endian, and is always
-/// matched in full: the prefix length of an entry is `32 + route prefix`.
-/// One trie thereby holds every gateway's route table.
+/// `ROUTES` key: one route of one gateway, as (gateway, prefix length,
+/// destination network). The table is a hash per (gateway, length), searched
+/// longest length first over only the lengths the gateway uses
+/// (`ROUTE_PREFIX_LENS`): a handful of O(1) probes whatever the table size,
+/// where an LPM trie walks one node per prefix bit and slows down as it grows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RoutePrefixKey {
+    /// Gateway id (host order).
+    pub gateway: u32,
+    /// Destination network address, host bits zero (network order).
+    pub addr: [u8; 4],
+    /// Prefix length, 0..=32.
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<RoutePrefixKey>() == 12);
+
+impl RoutePrefixKey {
+    /// The key a destination has at one prefix length (host bits cleared).
+    #[inline(always)]
+    pub const fn new(gateway: u32, addr: [u8; 4], prefix_len: u8) -> Self {
+        let mask = if prefix_len == 0 {
+            0
+        } else if prefix_len >= 32 {
+            u32::MAX
+        } else {
+            u32::MAX << (32 - prefix_len as u32)
+        };
+        Self {
+            gateway,
+            addr: (u32::from_be_bytes(addr) & mask).to_be_bytes(),
+            prefix_len,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `ROUTE_PREFIX_LENS[gateway id]`: bit L set = the gateway may have routes
+/// of prefix length L (0..=32). The daemon sets a bit before it is needed
+/// and clears it only once no route of that length is left, so the set is
+/// always a superset of the lengths in `ROUTES`: a stale bit costs a probe,
+/// never a wrong answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoutePrefixLens {
+    pub lens: u64,
+}
+const _: () = assert!(core::mem::size_of::<RoutePrefixLens>() == 8);
+
+/// Key data of an LPM trie over every gateway's routes: the gateway id
+/// (big-endian, always matched: 32 bits) then the destination, so an
+/// entry's prefix length is `32 + route prefix`. The datapath does not use
+/// it; it is the oracle the `ROUTES` hash is checked against.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteKey {
@@ -416,6 +468,8 @@ mod pod {
     unsafe impl aya::Pod for PeerNeigh {}
     unsafe impl aya::Pod for Gateway {}
     unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for RoutePrefixKey {}
+    unsafe impl aya::Pod for RoutePrefixLens {}
     unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for NexthopGroup {}
     unsafe impl aya::Pod for Counters {}
@@ -444,6 +498,21 @@ mod tests {
             host_mask: [0; 4],
         };
         assert_eq!(host.apply([172, 16, 0, 10]), [192, 168, 60, 1]);
+    }
+
+    #[test]
+    fn route_prefix_key_clears_host_bits() {
+        let k = RoutePrefixKey::new(7, [10, 1, 2, 3], 16);
+        assert_eq!((k.gateway, k.addr, k.prefix_len), (7, [10, 1, 0, 0], 16));
+        assert_eq!(
+            RoutePrefixKey::new(0, [10, 1, 2, 3], 32).addr,
+            [10, 1, 2, 3]
+        );
+        assert_eq!(RoutePrefixKey::new(0, [10, 1, 2, 3], 0).addr, [0; 4]);
+        assert_eq!(
+            RoutePrefixKey::new(0, [10, 1, 2, 255], 31).addr,
+            [10, 1, 2, 254]
+        );
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //! route lookup in the tunnel's gateway table -> TTL, tag removed, MACs
 //! from the kernel FIB -> redirect to the gateway's VPC port.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use gateway_common::{
     bandwidth_dir, nexthop_kind,
     vlan::{TPID_8021Q, VID_MASK},
-    Fate, Port, RouteKey, Tunnel, VlanKey,
+    Fate, Port, Tunnel, VlanKey,
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
@@ -18,10 +18,11 @@ use crate::{
     counters::{self, Owner},
     forward::{self, VpcNeighbour, DROP, PASS},
     local,
-    maps::{GATEWAYS, ROUTES, TUNNEL_BY_VLAN},
+    maps::{GATEWAYS, TUNNEL_BY_VLAN},
     nat,
     packet::{self, frame_len, ptr_at, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, VLAN_ETH_LEN},
     ratelimit,
+    routes,
 };
 
 #[inline(always)]
@@ -95,13 +96,8 @@ fn ipv4(
         counters::fate(owner, fate);
         return DROP;
     }
-    let key = Key::new(
-        RouteKey::GATEWAY_BITS + 32,
-        RouteKey::new(tunnel.gateway_id, ip.dst()),
-    );
     // Only VPC destinations: a gateway carries no IDC-to-IDC transit.
-    let to_vpc = ROUTES
-        .get(&key)
+    let to_vpc = routes::lookup(tunnel.gateway_id, ip.dst())
         .is_some_and(|route| route.kind == nexthop_kind::VPC);
     if !to_vpc {
         counters::fate(owner, Fate::NoRoute);

@@ -16,6 +16,7 @@ mod maps;
 mod nat;
 mod packet;
 mod ratelimit;
+mod routes;
 mod vpc;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

@@ -3,12 +3,14 @@
 //! fills `PEER_NEIGH` and the counters.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
     macros::btf_map,
 };
 use gateway_common::{
     limits::*, Counters, Gateway, IpMapping, MappingKey, NexthopGroup, PeerNeigh, Port,
-    PortMapping, PortMappingKey, Route, RouteKey, TokenBucket, Tunnel, TunnelHealth, VlanKey,
+    PortMapping, PortMappingKey, Route, RoutePrefixKey, RoutePrefixLens, TokenBucket, Tunnel,
+    TunnelHealth, VlanKey,
 };
 
 /// ifindex -> what the port is (connection trunk or VPC port) and its MAC.
@@ -32,10 +34,20 @@ pub static PEER_NEIGH: Array<PeerNeigh, { MAX_TUNNELS as usize }> = Array::new()
 #[btf_map]
 pub static GATEWAYS: Array<Gateway, { MAX_GATEWAYS as usize }> = Array::new();
 
-/// (gateway id, destination) longest-prefix match -> where it goes. One
-/// trie serves every gateway's route table; see `RouteKey`.
+/// (gateway id, prefix length, network) -> where it goes: every gateway's
+/// route table, searched by `routes::lookup`. Not preallocated: memory
+/// follows the number of routes, not the 1.1M capacity.
 #[btf_map]
-pub static ROUTES: LpmTrie<RouteKey, Route, { MAX_ROUTES as usize }> = LpmTrie::new();
+pub static ROUTES: HashMap<
+    RoutePrefixKey,
+    Route,
+    { MAX_ROUTES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// gateway id -> the prefix lengths its routes use (bitmap).
+#[btf_map]
+pub static ROUTE_PREFIX_LENS: Array<RoutePrefixLens, { MAX_GATEWAYS as usize }> = Array::new();
 
 /// next-hop group id -> member tunnels.
 #[btf_map]

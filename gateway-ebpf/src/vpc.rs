@@ -5,20 +5,19 @@
 //! connection port. Everything not routed to a tunnel belongs to the node
 //! and goes to the kernel.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use gateway_common::{
     bandwidth_dir, limits::MAX_NEXTHOPS, nexthop_kind, tunnel_flags, Fate, NexthopGroup, Port,
-    RouteKey,
 };
 use network_types::eth::EthHdr;
 
 use crate::{
     counters::{self, Owner},
     forward::{self, DROP, PASS},
-    maps::{NEXTHOP_GROUPS, PEER_NEIGH, ROUTES, TUNNELS, TUNNEL_HEALTH},
+    maps::{NEXTHOP_GROUPS, PEER_NEIGH, TUNNELS, TUNNEL_HEALTH},
     nat,
     packet::{self, frame_len, ptr_at, Ipv4, ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
-    ratelimit,
+    ratelimit, routes,
 };
 
 #[inline(always)]
@@ -44,11 +43,7 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
         counters::fate(gateway, Fate::Malformed);
         return DROP;
     };
-    let key = Key::new(
-        RouteKey::GATEWAY_BITS + 32,
-        RouteKey::new(port.id, ip.dst()),
-    );
-    let Some(route) = ROUTES.get(&key).copied() else {
+    let Some(route) = routes::lookup(port.id, ip.dst()) else {
         counters::fate(gateway, Fate::KernelLocal);
         return PASS;
     };

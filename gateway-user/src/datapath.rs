@@ -22,12 +22,12 @@ use aya::{
 };
 use gateway_common::{
     bandwidth_dir, limits, map_names as names, Counters, Gateway, IpMapping, MappingKey,
-    NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RouteKey, TokenBucket,
-    Tunnel, TunnelHealth, VlanKey, XDP_PROGRAM,
+    NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RoutePrefixKey,
+    RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey, XDP_PROGRAM,
 };
 use tracing::{debug, info};
 
-use crate::plan::{Existing, MappingEntryKey, Plan, RouteEntryKey};
+use crate::plan::{self, Existing, MappingEntryKey, Plan, RouteEntryKey};
 
 /// Where a node's pins live.
 pub fn pin_dir(bpffs: &Path, node: &str) -> PathBuf {
@@ -216,6 +216,13 @@ impl Datapath {
         })?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out, result.duration))
+    }
+
+    /// The XDP program's fd, for its kernel statistics
+    /// (`/proc/self/fdinfo`: run_time_ns, run_cnt with bpf_stats on).
+    pub fn program_raw_fd(&mut self) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        Ok(self.program()?.fd()?.as_fd().as_raw_fd())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -521,21 +528,32 @@ impl Datapath {
                     .context("writing the VLAN classifier")
             })?;
         }
+        // Routes: the datapath probes only the prefix lengths a gateway's
+        // bitmap names, so the bitmap must cover every length in the hash
+        // at all times: the union of old and new before any route is
+        // written, exactly the new set once the removals are done. A stale
+        // bit costs a probe; a missing one would hide routes.
+        let lens_now = self.route_prefix_lens()?;
+        let lens_want = plan::route_prefix_lens(plan.routes.keys());
+        let mut lens_union = lens_now.clone();
+        for (g, bits) in &lens_want {
+            *lens_union.entry(*g).or_default() |= bits;
+        }
+        self.write_route_prefix_lens(&lens_now, &lens_union)?;
         {
-            let mut routes: LpmTrie<_, RouteKey, Route> =
-                LpmTrie::try_from(self.map_mut(names::ROUTES)?)?;
+            let mut routes: HashMap<_, RoutePrefixKey, Route> =
+                HashMap::try_from(self.map_mut(names::ROUTES)?)?;
             stats.changed += upserts(&plan.routes, &current.routes, |k, r| {
                 routes
-                    .insert(&Key::new(k.trie_prefix_len(), k.data()), r, 0)
+                    .insert(k.prefix_key(), r, 0)
                     .context("writing a route")
             })?;
             // 4. removals, referencing entries first
             stats.removed += removals(&current.routes, &plan.routes, |k| {
-                routes
-                    .remove(&Key::new(k.trie_prefix_len(), k.data()))
-                    .context("removing a route")
+                routes.remove(&k.prefix_key()).context("removing a route")
             })?;
         }
+        self.write_route_prefix_lens(&lens_union, &lens_want)?;
         {
             let mut by_vlan: HashMap<_, VlanKey, Tunnel> =
                 HashMap::try_from(self.map_mut(names::TUNNEL_BY_VLAN)?)?;
@@ -598,6 +616,38 @@ impl Datapath {
         Ok(stats)
     }
 
+    /// `ROUTE_PREFIX_LENS` of every gateway that has a bit set.
+    pub fn route_prefix_lens(&self) -> Result<BTreeMap<u32, u64>> {
+        let lens: Array<_, RoutePrefixLens> = Array::try_from(self.map(names::ROUTE_PREFIX_LENS)?)?;
+        let mut out = BTreeMap::new();
+        for (id, l) in lens.iter().enumerate() {
+            let l = l?;
+            if l.lens != 0 {
+                out.insert(id as u32, l.lens);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the gateways' bitmaps that differ between `have` and `want`
+    /// (a gateway missing from `want` gets 0).
+    fn write_route_prefix_lens(
+        &mut self,
+        have: &BTreeMap<u32, u64>,
+        want: &BTreeMap<u32, u64>,
+    ) -> Result<()> {
+        let mut lens: Array<_, RoutePrefixLens> =
+            Array::try_from(self.map_mut(names::ROUTE_PREFIX_LENS)?)?;
+        for g in have.keys().chain(want.keys()) {
+            let w = want.get(g).copied().unwrap_or(0);
+            if have.get(g).copied().unwrap_or(0) != w {
+                lens.set(*g, RoutePrefixLens { lens: w }, 0)
+                    .context("writing a gateway's route prefix lengths")?;
+            }
+        }
+        Ok(())
+    }
+
     fn reset_tunnel_state(&mut self, id: u32) -> Result<()> {
         let mut peers: Array<_, PeerNeigh> = Array::try_from(self.map_mut(names::PEER_NEIGH)?)?;
         peers.set(id, PeerNeigh::default(), 0)?;
@@ -636,11 +686,11 @@ impl Datapath {
         }
         p.tunnels = self.array_entries(names::TUNNELS, |t: &Tunnel| t.flags != 0)?;
         p.gateways = self.array_entries(names::GATEWAYS, |g: &Gateway| g.active != 0)?;
-        let routes: LpmTrie<_, RouteKey, Route> = LpmTrie::try_from(self.map(names::ROUTES)?)?;
+        let routes: HashMap<_, RoutePrefixKey, Route> =
+            HashMap::try_from(self.map(names::ROUTES)?)?;
         for e in routes.iter() {
             let (k, v) = e?;
-            p.routes
-                .insert(RouteEntryKey::from_trie(k.prefix_len(), k.data()), v);
+            p.routes.insert(RouteEntryKey::from_prefix_key(&k), v);
         }
         p.groups = self.groups()?;
         // Absent from an object built before NAT: nothing to read.

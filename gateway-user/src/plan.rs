@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Result};
 use gateway_common::{
     limits, mapping_kind, nexthop_kind, port_mapping_dir, port_role, tunnel_flags, Gateway,
     IpMapping, MappingKey, NexthopGroup, Port, PortMapping, PortMappingKey, Route, RouteKey,
-    Tunnel, VlanKey,
+    RoutePrefixKey, Tunnel, VlanKey,
 };
 use ipnet::Ipv4Net;
 
@@ -50,6 +50,29 @@ impl RouteEntryKey {
             prefix_len: prefix_len.saturating_sub(RouteKey::GATEWAY_BITS) as u8,
         }
     }
+    /// The key of this route in the `ROUTES` hash.
+    pub fn prefix_key(&self) -> RoutePrefixKey {
+        RoutePrefixKey::new(self.gateway_id, self.addr, self.prefix_len)
+    }
+    pub fn from_prefix_key(k: &RoutePrefixKey) -> Self {
+        Self {
+            gateway_id: k.gateway,
+            addr: k.addr,
+            prefix_len: k.prefix_len,
+        }
+    }
+}
+
+/// Per gateway: the prefix lengths its routes use, as the datapath's
+/// `ROUTE_PREFIX_LENS` bitmap.
+pub fn route_prefix_lens<'a>(
+    routes: impl Iterator<Item = &'a RouteEntryKey>,
+) -> BTreeMap<u32, u64> {
+    let mut out: BTreeMap<u32, u64> = BTreeMap::new();
+    for k in routes {
+        *out.entry(k.gateway_id).or_default() |= 1u64 << k.prefix_len.min(32);
+    }
+    out
 }
 
 /// An `IP_MAPPINGS` trie entry's key: kind, owner and the network address

@@ -25,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     // systemd-analyze checks the shipped unit file (tests/tests/packaging.rs).
     ("systemd", "systemd-analyze"),
+    // The kernel baselines of `cargo xtask bench` (stateless and conntrack NAT).
+    ("nftables", "nft"),
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";

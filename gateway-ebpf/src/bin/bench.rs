@@ -18,12 +18,20 @@ mod packet;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
+    btf_maps::{Array, LpmTrie, PerCpuArray},
     helpers::bpf_redirect,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use gateway_common::{limits::MAX_ROUTES, Route, RouteKey};
 use network_types::eth::EthHdr;
+
+/// The LPM trie the gateway's `ROUTES` hash is checked against: a test
+/// fills it with the same routes and asks it (from user space, where a
+/// lookup in an LPM trie is a longest-prefix match) for the answer the
+/// datapath must give. No program uses it.
+#[btf_map]
+pub static ROUTE_ORACLE: LpmTrie<RouteKey, Route, { MAX_ROUTES as usize }> = LpmTrie::new();
 
 /// Slot 0: ifindex `bench_swap_redirect` sends every frame to.
 #[btf_map]
@@ -67,8 +75,27 @@ pub fn bench_swap_redirect(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Slot 0: the frame `bench_generator` sends (every frame of the lab is
+/// `GENERATED_LEN` bytes).
+#[btf_map]
+pub static BENCH_TEMPLATE: Array<[u8; GENERATED_LEN], 1> = Array::new();
+
+const GENERATED_LEN: usize = 60;
+
+/// Writes the template over the frame, then XDP_TX. The rewrite is needed:
+/// live-frames pages are recycled with whatever the forwarder and the
+/// kernel wrote into them (a popped tag, rewritten MACs, a decremented
+/// TTL), and only the frame's bounds are reset between runs.
 #[xdp]
-pub fn bench_generator(_ctx: XdpContext) -> u32 {
+pub fn bench_generator(ctx: XdpContext) -> u32 {
+    let (Some(frame), Some(template)) = (
+        packet::ptr_at::<[u8; GENERATED_LEN]>(&ctx, 0),
+        BENCH_TEMPLATE.get(0),
+    ) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { *frame = *template };
     xdp_action::XDP_TX
 }
 
