@@ -2,7 +2,7 @@
 //! loaded from the embedded object and filled from a config or a plan; and
 //! the one measuring loop every per-packet figure comes from.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -84,15 +84,13 @@ impl Drop for Pins {
 pub struct GatewayNs {
     // Field order is drop order: leave the namespace, close the program
     // and maps, remove the pins, delete the namespace.
-    entered: InNetns,
+    _entered: InNetns,
     pub dp: Datapath,
     pins: Pins,
-    pub ns: Netns,
+    _ns: Netns,
     pub conn: NetDev,
     pub vpc: NetDev,
     pub config: Config,
-    /// Time the kernel took to load (verify) the program.
-    pub program_load: std::time::Duration,
 }
 
 impl GatewayNs {
@@ -120,20 +118,17 @@ impl GatewayNs {
         gateway_user::datapath::check_bpffs(bpffs)?;
         let pin_dir = bpffs.join("gatewayd-bench").join(&name);
         let pins = Pins(pin_dir.clone());
-        let started = Instant::now();
         let dp = Datapath::load(ebpf::gateway_object()?, &pin_dir)?;
-        let program_load = started.elapsed();
         let config = Config::parse(config_text, "bench.toml").map_err(|e| anyhow!("{e}"))?;
         let dev = |n: &str| netdev::lookup(n).ok_or_else(|| anyhow!("{n} missing"));
         Ok(GatewayNs {
             conn: dev("conn0")?,
             vpc: dev("vpc0")?,
-            entered,
+            _entered: entered,
             dp,
             pins,
-            ns,
+            _ns: ns,
             config,
-            program_load,
         })
     }
 
@@ -340,17 +335,30 @@ pub struct BenchProgram {
 
 impl BenchProgram {
     pub fn load(name: &'static str) -> Result<BenchProgram> {
+        Self::load_with(name, &[])
+    }
+
+    /// Loads `name` and `also` (more programs of the same object, sharing
+    /// its maps; run them with `switch`).
+    pub fn load_with(name: &'static str, also: &[&'static str]) -> Result<BenchProgram> {
         if ebpf::BENCH_OBJECT.is_empty() {
             bail!("built without eBPF objects (AYA_BUILD_SKIP); run `cargo xtask setup`");
         }
         let mut ebpf = Ebpf::load(ebpf::BENCH_OBJECT).context("loading the bench object")?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("{name} missing from the bench object"))?
-            .try_into()?;
-        prog.load()
-            .map_err(|e| anyhow!("the kernel rejected {name}: {e}"))?;
+        for n in std::iter::once(&name).chain(also) {
+            let prog: &mut Xdp = ebpf
+                .program_mut(n)
+                .with_context(|| format!("{n} missing from the bench object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| anyhow!("the kernel rejected {n}: {e}"))?;
+        }
         Ok(BenchProgram { ebpf, name })
+    }
+
+    /// Makes `run`/`measure` use another loaded program of the object.
+    pub fn switch(&mut self, name: &'static str) {
+        self.name = name;
     }
 
     pub fn prog(&mut self) -> Result<&mut Xdp> {

@@ -7,7 +7,7 @@
 //!    (a) `bench_swap_redirect`: the lab's line rate;
 //!    (b) the gateway with a peer IP mapping (NAT) on;
 //!    (c) the kernel: IP forwarding + nftables stateless NAT (notrack,
-//!        payload rewrite), untagged (no 8021q in this kernel);
+//!    payload rewrite), untagged (no 8021q in this kernel);
 //!    (d) the kernel with conntrack NAT (snat).
 
 use std::{
@@ -24,7 +24,7 @@ use gateway_user::{config::Config, datapath::Datapath, ebpf, netdev, plan};
 use tests::Netns;
 
 use crate::{
-    fixture::{BenchProgram, Snapshot, VPC_HOST, VPC_HOST_MAC},
+    fixture::{BenchProgram, Snapshot, VPC_HOST},
     frames,
     report::LabRate,
     sys::{self, InNetns},
@@ -369,7 +369,6 @@ pub fn run(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
         VPC_HOST,
         53,
     );
-    let _ = VPC_HOST_MAC;
     let mut out = Vec::new();
 
     // (a) the trivial forwarder.

@@ -11,7 +11,10 @@ use gateway_user::config::{Config, IpMappingCfg};
 use ipnet::Ipv4Net;
 
 use crate::{
-    fixture::{effect, measure, GatewayNs, Probe, CONFIG, VPC_HOST, VPC_HOST_MAC, XDP_REDIRECT},
+    fixture::{
+        effect, measure, BenchProgram, GatewayNs, Probe, CONFIG, VPC_HOST, VPC_HOST_MAC,
+        XDP_REDIRECT,
+    },
     frames,
     report::ScalePoint,
     sys,
@@ -144,9 +147,132 @@ pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
     Ok(ratios(out))
 }
 
+/// Route lookup alone, the LPM trie against the gateway's hash code on
+/// the same routes and the same frames (bench object copies of the maps,
+/// see gateway-ebpf/src/bin/bench.rs). Returns two series.
+pub fn route_lookup(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
+    use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie};
+    use gateway_common::{nexthop_kind, Route, RouteKey, RoutePrefixKey, RoutePrefixLens};
+
+    let all = random_routes(*sizes.iter().max().unwrap_or(&0) as usize, 0x5eed);
+    let mut trie_points = Vec::new();
+    let mut hash_points = Vec::new();
+    for &n in sizes {
+        let mut b = BenchProgram::load_with("bench_route_trie", &["bench_route_hash"])?;
+        let route = Route {
+            kind: nexthop_kind::TUNNELS,
+            group: 0,
+        };
+        let mut lens = 0u64;
+        let started = Instant::now();
+        {
+            let mut trie: LpmTrie<_, RouteKey, Route> =
+                LpmTrie::try_from(b.ebpf.map_mut("ROUTE_ORACLE").context("ROUTE_ORACLE")?)?;
+            for net in &all[..n as usize] {
+                let key = RouteKey::new(0, net.network().octets());
+                trie.insert(&Key::new(32 + net.prefix_len() as u32, key), route, 0)?;
+            }
+        }
+        let trie_load = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        {
+            let mut hash: HashMap<_, RoutePrefixKey, Route> =
+                HashMap::try_from(b.ebpf.map_mut("ROUTES").context("ROUTES")?)?;
+            for net in &all[..n as usize] {
+                let key = RoutePrefixKey::new(0, net.network().octets(), net.prefix_len());
+                hash.insert(key, route, 0)?;
+                lens |= 1 << net.prefix_len();
+            }
+            let mut l: Array<_, RoutePrefixLens> = Array::try_from(
+                b.ebpf
+                    .map_mut("ROUTE_PREFIX_LENS")
+                    .context("ROUTE_PREFIX_LENS")?,
+            )?;
+            l.set(0, RoutePrefixLens { lens }, 0)?;
+        }
+        let hash_load = started.elapsed().as_secs_f64();
+        let mut rng = fastrand::Rng::with_seed(n);
+        let frames: Vec<Vec<u8>> = (0..DESTINATIONS)
+            .map(|_| {
+                let net = &all[rng.usize(..n as usize)];
+                frames::udp_untagged(
+                    VPC_HOST_MAC,
+                    VPC_HOST_MAC,
+                    VPC_HOST,
+                    40000,
+                    host_in(net, &mut rng),
+                    53,
+                )
+            })
+            .collect();
+        let memlock = |b: &BenchProgram, m: &str| -> Result<u64> {
+            use std::os::fd::{AsFd, AsRawFd};
+            let map = b.ebpf.map(m).with_context(|| m.to_owned())?;
+            let data: &aya::maps::MapData = match map {
+                aya::maps::Map::LpmTrie(d) | aya::maps::Map::HashMap(d) => d,
+                _ => anyhow::bail!("{m}: unexpected map type"),
+            };
+            sys::fdinfo(data.fd().as_fd().as_raw_fd(), "memlock")
+        };
+        let trie_mem = memlock(&b, "ROUTE_ORACLE")?;
+        let hash_mem = memlock(&b, "ROUTES")?;
+        // Interleaved, the same frames: trie, hash, trie, hash.
+        let mut best = [f64::INFINITY; 2];
+        let mut valid = [true; 2];
+        for _ in 0..2 {
+            for (i, prog) in ["bench_route_trie", "bench_route_hash"]
+                .into_iter()
+                .enumerate()
+            {
+                b.switch(prog);
+                let mut times = Vec::with_capacity(runs as usize);
+                for r in 0..runs {
+                    let f = &frames[(r % frames.len() as u64) as usize];
+                    let (action, ns) = b.run(f, 1, 1)?;
+                    // Every destination lies inside a route.
+                    valid[i] &= action == crate::fixture::XDP_TX;
+                    times.push(ns);
+                }
+                best[i] = best[i].min(crate::fixture::trimmed_mean(&mut times));
+            }
+        }
+        for (i, (points, load, mem)) in [
+            (&mut trie_points, trie_load, trie_mem),
+            (&mut hash_points, hash_load, hash_mem),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            points.push(ScalePoint {
+                table: if i == 0 {
+                    "lookup: LPM trie"
+                } else {
+                    "lookup: ROUTES hash"
+                }
+                .into(),
+                size: n,
+                ns: best[i],
+                vs_smallest: 0.0,
+                load_ms: load * 1e3,
+                memlock_bytes: mem,
+                total_memlock_bytes: mem,
+                valid: valid[i],
+                why_invalid: (!valid[i]).then(|| "a destination inside a route found none".into()),
+            });
+        }
+        eprintln!(
+            "  lookup {n:>8}: trie {:6.1} ns, hash {:6.1} ns",
+            best[0], best[1]
+        );
+    }
+    let mut out = ratios(trie_points);
+    out.extend(ratios(hash_points));
+    Ok(out)
+}
+
 /// The maps a route table lives in.
 pub fn route_maps() -> Vec<&'static str> {
-    vec![names::ROUTES]
+    vec![names::ROUTES, names::ROUTE_PREFIX_LENS]
 }
 
 /// NAT: N host peer mappings on the mapped tunnel; IDC -> VPC frames from

@@ -48,18 +48,6 @@ pub fn pin_to_cpu(pid: i32, cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// Allows every CPU again for the calling thread.
-pub fn unpin() {
-    // SAFETY: plain libc cpu_set_t manipulation and syscall.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..online_cpus() {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -3,6 +3,7 @@
 //! This crate must compile on a fresh machine, so it depends on nothing that
 //! builds eBPF (no gateway-user, no aya-build): only anyhow and clap.
 
+mod bench;
 mod cmd;
 mod setup;
 mod test;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Workspace tasks: setup, test, demo, install"
+    about = "Workspace tasks: setup, test, demo, install, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -51,6 +52,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run setup, then the benchmarks (release build, root only): per-packet
+    /// cost vs a floor program, lab line rate vs the Linux kernel, scale.
+    /// Writes target/bench/report.md, report.json and scale.svg.
+    Bench {
+        /// Small tables and short runs (what `cargo xtask test` runs).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 /// The workspace root: the parent of this crate's manifest directory, so the
@@ -80,6 +89,25 @@ fn main() -> ExitCode {
         } => test::run(quick_unit, &test_args),
         Task::Demo => demo(),
         Task::Install { args } => install(&args),
+        Task::Bench { quick } => bench(quick),
+    }
+}
+
+fn bench(quick: bool) -> ExitCode {
+    if !cmd::is_root() {
+        eprintln!("cargo xtask bench: {ROOT_HINT}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = setup::run() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match bench::run(quick) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,157 @@
+//! `cargo xtask bench [--quick]`: runs the benchmark binary (release build
+//! of the `gateway-bench` crate, which embeds the eBPF objects; this crate
+//! must not depend on it, see main.rs) and checks the report it wrote.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{cmd, workspace_root};
+
+/// Where the report goes: `<target>/bench/`.
+pub fn out_dir() -> PathBuf {
+    cmd::target_dir(&workspace_root()).join("bench")
+}
+
+/// Builds and runs the benchmark, then validates its report.
+pub fn run(quick: bool) -> Result<()> {
+    let out = out_dir();
+    let shown = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let mut c = cmd::cargo();
+    c.current_dir(workspace_root())
+        .args(["run", "--release", "-p", "gateway-bench", "--"])
+        .arg("--out")
+        .arg(&out)
+        .args(["--command", shown]);
+    if quick {
+        c.arg("--quick");
+    }
+    println!("==> {}", cmd::describe(&c));
+    let status = c.status().context("starting cargo run")?;
+    if !status.success() {
+        bail!("the benchmark failed ({status})");
+    }
+    validate(&out, quick)?;
+    println!("report: {} (valid)", out.join("report.md").display());
+    Ok(())
+}
+
+/// The paths of part 1 the report must have.
+const PATHS: &[&str] = &[
+    "IDC->VPC plain",
+    "IDC->VPC peer IP mapping",
+    "VPC->IDC port mapping",
+    "ARP reply",
+    "unknown VLAN drop",
+];
+const LAB: &[&str] = &["a", "b", "c", "d"];
+const TABLES: &[&str] = &[
+    "routes",
+    "lookup: LPM trie",
+    "lookup: ROUTES hash",
+    "nat",
+    "tunnels",
+];
+
+fn num(v: &Value, what: &str) -> Result<f64> {
+    let n = v
+        .as_f64()
+        .with_context(|| format!("{what} is missing or not a number"))?;
+    if !n.is_finite() || n <= 0.0 {
+        bail!("{what} = {n}: not a positive measurement");
+    }
+    Ok(n)
+}
+
+fn valid(v: &Value, what: &str) -> Result<()> {
+    if v["valid"].as_bool() != Some(true) {
+        bail!(
+            "{what} is not a valid measurement: {}",
+            v["why_invalid"].as_str().unwrap_or("(no reason given)")
+        );
+    }
+    Ok(())
+}
+
+/// Checks that every measurement is present, valid and a positive number
+/// (not how fast anything is: performance is reported, not asserted), and
+/// that report.md and scale.svg were written.
+pub fn validate(dir: &Path, quick: bool) -> Result<()> {
+    let path = dir.join("report.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let r: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if r["quick"].as_bool() != Some(quick) {
+        bail!(
+            "{} is from another kind of run (quick = {})",
+            path.display(),
+            r["quick"]
+        );
+    }
+    num(&r["floor_ns"], "floor ns/packet")?;
+    let costs = r["costs"].as_array().context("costs missing")?;
+    for p in PATHS {
+        let c = costs
+            .iter()
+            .find(|c| c["name"] == *p)
+            .with_context(|| format!("per-packet cost of {p:?} missing"))?;
+        valid(c, p)?;
+        num(&c["ns"], &format!("{p} ns/packet"))?;
+        num(&c["vs_floor"], &format!("{p} x floor"))?;
+    }
+    if r["control"]["detected_invalid"].as_bool() != Some(true) {
+        bail!("the repeat-mode control was not flagged invalid: the path validation cannot be trusted");
+    }
+    let lab = r["lab"].as_array().context("lab missing")?;
+    for k in LAB {
+        let l = lab
+            .iter()
+            .find(|l| l["key"] == *k)
+            .with_context(|| format!("lab forwarder ({k}) missing"))?;
+        valid(l, &format!("lab ({k})"))?;
+        num(&l["mpps"], &format!("lab ({k}) Mpps"))?;
+        num(&l["cpu_ns_per_packet"], &format!("lab ({k}) CPU ns/packet"))?;
+    }
+    for k in ["a", "b"] {
+        let l = lab.iter().find(|l| l["key"] == k).context("lab")?;
+        num(
+            &l["bpf_ns_per_packet"],
+            &format!("lab ({k}) bpf_stats ns/packet"),
+        )?;
+    }
+    let scale = r["scale"].as_array().context("scale missing")?;
+    for t in TABLES {
+        let points: Vec<&Value> = scale.iter().filter(|p| p["table"] == *t).collect();
+        if points.len() < 3 {
+            bail!("scale {t:?}: {} sizes, want at least 3", points.len());
+        }
+        for p in points {
+            let what = format!("scale {t} at {}", p["size"]);
+            valid(p, &what)?;
+            num(&p["ns"], &what)?;
+            num(&p["vs_smallest"], &what)?;
+            num(&p["load_ms"], &format!("{what} load time"))?;
+            num(&p["memlock_bytes"], &format!("{what} memory"))?;
+        }
+    }
+    let targets = r["targets"].as_array().context("targets missing")?;
+    if targets.len() != 3 {
+        bail!("{} targets evaluated, want 3", targets.len());
+    }
+    for f in ["report.md", "scale.svg"] {
+        let p = dir.join(f);
+        let len = std::fs::metadata(&p)
+            .with_context(|| format!("{} missing", p.display()))?
+            .len();
+        if len == 0 {
+            bail!("{} is empty", p.display());
+        }
+    }
+    Ok(())
+}
