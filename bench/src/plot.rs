@@ -25,7 +25,22 @@ pub fn scale_svg(points: &[ScalePoint], path: &Path) -> Result<()> {
         .y_desc("ns per packet")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    for (table, color) in [("routes", RED), ("nat", BLUE), ("tunnels", GREEN)] {
+    let series_of = [
+        ("routes", "routes: whole VPC->IDC path", RED),
+        (
+            "lookup: ROUTES hash",
+            "routes: lookup alone, ROUTES hash (datapath)",
+            MAGENTA,
+        ),
+        (
+            "lookup: LPM trie",
+            "routes: lookup alone, LPM trie (before)",
+            BLACK,
+        ),
+        ("nat", "NAT mappings: IDC->VPC path", BLUE),
+        ("tunnels", "tunnels: IDC->VPC path", GREEN),
+    ];
+    for (table, label, color) in series_of {
         let series: Vec<(f64, f64)> = points
             .iter()
             .filter(|p| p.table == table)
@@ -37,7 +52,7 @@ pub fn scale_svg(points: &[ScalePoint], path: &Path) -> Result<()> {
         chart
             .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
-            .label(table)
+            .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart
             .draw_series(series.iter().map(|&p| Circle::new(p, 4, color.filled())))
@@ -45,6 +60,7 @@ pub fn scale_svg(points: &[ScalePoint], path: &Path) -> Result<()> {
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
