@@ -150,7 +150,7 @@ pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
 /// Route lookup alone, the LPM trie against the gateway's hash code on
 /// the same routes and the same frames (bench object copies of the maps,
 /// see gateway-ebpf/src/bin/bench.rs). Returns two series.
-pub fn route_lookup(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
+pub fn route_lookup(sizes: &[u64], runs: u64, rounds: usize) -> Result<Vec<ScalePoint>> {
     use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie};
     use gateway_common::{nexthop_kind, Route, RouteKey, RoutePrefixKey, RoutePrefixLens};
 
@@ -216,10 +216,11 @@ pub fn route_lookup(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
         };
         let trie_mem = memlock(&b, "ROUTE_ORACLE")?;
         let hash_mem = memlock(&b, "ROUTES")?;
-        // Interleaved, the same frames: trie, hash, trie, hash.
+        // Interleaved, the same frames: trie, hash, trie, hash, ...; the
+        // best round of each.
         let mut best = [f64::INFINITY; 2];
         let mut valid = [true; 2];
-        for _ in 0..2 {
+        for _ in 0..rounds {
             for (i, prog) in ["bench_route_trie", "bench_route_hash"]
                 .into_iter()
                 .enumerate()
