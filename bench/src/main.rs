@@ -121,7 +121,11 @@ fn run(cli: &Cli) -> Result<()> {
     let mut scale = Vec::new();
     if part("routes") {
         scale.extend(scale::routes(&plan.routes, plan.scale_runs)?);
-        scale.extend(scale::route_lookup(&plan.routes, plan.scale_runs, plan.rounds)?);
+        scale.extend(scale::route_lookup(
+            &plan.routes,
+            plan.scale_runs,
+            plan.rounds,
+        )?);
     }
     if part("nat") {
         scale.extend(scale::nat(&plan.nat, plan.scale_runs)?);

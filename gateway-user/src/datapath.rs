@@ -609,6 +609,10 @@ impl Datapath {
             (names::TUNNELS, plan.tunnels.keys().copied().collect()),
             (names::GATEWAYS, plan.gateways.keys().copied().collect()),
             (names::NEXTHOP_GROUPS, plan.groups.keys().copied().collect()),
+            (
+                names::ROUTE_PREFIX_LENS,
+                lens_want.keys().copied().collect(),
+            ),
         ] {
             self.active_slots.insert(name, ids);
         }
@@ -618,15 +622,11 @@ impl Datapath {
 
     /// `ROUTE_PREFIX_LENS` of every gateway that has a bit set.
     pub fn route_prefix_lens(&self) -> Result<BTreeMap<u32, u64>> {
-        let lens: Array<_, RoutePrefixLens> = Array::try_from(self.map(names::ROUTE_PREFIX_LENS)?)?;
-        let mut out = BTreeMap::new();
-        for (id, l) in lens.iter().enumerate() {
-            let l = l?;
-            if l.lens != 0 {
-                out.insert(id as u32, l.lens);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .array_entries(names::ROUTE_PREFIX_LENS, |l: &RoutePrefixLens| l.lens != 0)?
+            .into_iter()
+            .map(|(g, l)| (g, l.lens))
+            .collect())
     }
 
     /// Writes the gateways' bitmaps that differ between `have` and `want`
