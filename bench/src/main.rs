@@ -125,7 +125,19 @@ fn run(cli: &Cli) -> Result<()> {
             &plan.routes,
             plan.scale_runs,
             plan.rounds,
+            scale::FEW_LENGTHS,
+            "",
         )?);
+        // The hash's harder case; the full run only (time).
+        if !cli.quick {
+            scale.extend(scale::route_lookup(
+                &plan.routes,
+                plan.scale_runs,
+                plan.rounds,
+                scale::MANY_LENGTHS,
+                ", 23 lengths",
+            )?);
+        }
     }
     if part("nat") {
         scale.extend(scale::nat(&plan.nat, plan.scale_runs)?);

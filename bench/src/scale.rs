@@ -27,19 +27,52 @@ const DESTINATIONS: usize = 4096;
 const LOCAL_100: [u8; 4] = [169, 254, 100, 1];
 const PEER_100: [u8; 4] = [169, 254, 100, 2];
 
-/// Random customer prefixes: mostly /24 as in real IDC tables, some
-/// shorter and longer ones, from all of the unicast space except what the
-/// bench config uses; canonical and distinct.
-pub fn random_routes(n: usize, seed: u64) -> Vec<Ipv4Net> {
+/// Prefix lengths of the random tables (length, weight): mostly /24 as in
+/// IDC customer tables, some shorter and longer ones; 6 lengths in use.
+pub const FEW_LENGTHS: &[(u8, u32)] = &[(16, 5), (20, 10), (22, 10), (24, 60), (28, 10), (32, 5)];
+
+/// 23 lengths in use, shaped like an Internet table (mostly /24, /22,
+/// /23; every length from /16 to /32 present). The hash probes every
+/// length longer than the match, so this is its harder case.
+pub const MANY_LENGTHS: &[(u8, u32)] = &[
+    (8, 1),
+    (10, 1),
+    (12, 1),
+    (13, 1),
+    (14, 1),
+    (15, 1),
+    (16, 3),
+    (17, 2),
+    (18, 2),
+    (19, 4),
+    (20, 5),
+    (21, 5),
+    (22, 8),
+    (23, 9),
+    (24, 50),
+    (25, 1),
+    (26, 1),
+    (27, 1),
+    (28, 1),
+    (29, 1),
+    (30, 1),
+    (31, 1),
+    (32, 1),
+];
+
+/// Random customer prefixes with lengths drawn from `lens`, from all of
+/// the unicast space except what the bench config uses; canonical and
+/// distinct.
+pub fn random_routes(n: usize, seed: u64, lens: &[(u8, u32)]) -> Vec<Ipv4Net> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut seen = std::collections::HashSet::with_capacity(n);
     let mut out = Vec::with_capacity(n);
-    const LENS: [(u8, u32); 6] = [(16, 5), (20, 10), (22, 10), (24, 60), (28, 10), (32, 5)];
+    let total: u32 = lens.iter().map(|(_, w)| w).sum();
     while out.len() < n {
-        let pick = rng.u32(0..100);
+        let pick = rng.u32(0..total);
         let mut acc = 0;
         let mut len = 24;
-        for (l, w) in LENS {
+        for &(l, w) in lens {
             acc += w;
             if pick < acc {
                 len = l;
@@ -101,7 +134,11 @@ fn point(table: &str, size: u64, gw: &GatewayNs, load: f64, maps: &[&str]) -> Re
 /// Routes: VPC -> IDC (the direction that looks up customer prefixes),
 /// every destination inside a random route of the table.
 pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
-    let all = random_routes(*sizes.iter().max().unwrap_or(&0) as usize, 0x5eed);
+    let all = random_routes(
+        *sizes.iter().max().unwrap_or(&0) as usize,
+        0x5eed,
+        FEW_LENGTHS,
+    );
     let mut out = Vec::new();
     for &n in sizes {
         let mut gw = GatewayNs::new(CONFIG)?;
@@ -150,11 +187,18 @@ pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
 /// Route lookup alone, the LPM trie against the gateway's hash code on
 /// the same routes and the same frames (bench object copies of the maps,
 /// see gateway-ebpf/src/bin/bench.rs). Returns two series.
-pub fn route_lookup(sizes: &[u64], runs: u64, rounds: usize) -> Result<Vec<ScalePoint>> {
+/// `suffix` names the series (e.g. ", 23 lengths").
+pub fn route_lookup(
+    sizes: &[u64],
+    runs: u64,
+    rounds: usize,
+    lens: &[(u8, u32)],
+    suffix: &str,
+) -> Result<Vec<ScalePoint>> {
     use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie};
     use gateway_common::{nexthop_kind, Route, RouteKey, RoutePrefixKey, RoutePrefixLens};
 
-    let all = random_routes(*sizes.iter().max().unwrap_or(&0) as usize, 0x5eed);
+    let all = random_routes(*sizes.iter().max().unwrap_or(&0) as usize, 0x5eed, lens);
     let mut trie_points = Vec::new();
     let mut hash_points = Vec::new();
     for &n in sizes {
@@ -246,11 +290,10 @@ pub fn route_lookup(sizes: &[u64], runs: u64, rounds: usize) -> Result<Vec<Scale
         {
             points.push(ScalePoint {
                 table: if i == 0 {
-                    "lookup: LPM trie"
+                    format!("lookup: LPM trie{suffix}")
                 } else {
-                    "lookup: ROUTES hash"
-                }
-                .into(),
+                    format!("lookup: ROUTES hash{suffix}")
+                },
                 size: n,
                 ns: best[i],
                 vs_smallest: 0.0,
@@ -262,7 +305,7 @@ pub fn route_lookup(sizes: &[u64], runs: u64, rounds: usize) -> Result<Vec<Scale
             });
         }
         eprintln!(
-            "  lookup {n:>8}: trie {:6.1} ns, hash {:6.1} ns",
+            "  lookup {n:>8}{suffix}: trie {:6.1} ns, hash {:6.1} ns",
             best[0], best[1]
         );
     }
