@@ -21,8 +21,7 @@ use crate::{
     maps::{GATEWAYS, TUNNEL_BY_VLAN},
     nat,
     packet::{self, frame_len, ptr_at, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, VLAN_ETH_LEN},
-    ratelimit,
-    routes,
+    ratelimit, routes,
 };
 
 #[inline(always)]
