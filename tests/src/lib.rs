@@ -35,6 +35,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod daemon;
 pub mod demo;
 pub mod lines;
 pub mod topology;

@@ -16,17 +16,15 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     net::UdpSocket,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::{attach_lab_vlan, topology::terminate, veth_with, Lab, Netns, VethOptions};
+use crate::{attach_lab_vlan, daemon::Daemon, veth_with, Lab, Netns, VethOptions};
 
 pub const IDC_SERVICE: &str = "10.0.0.1";
 pub const VPC_HOST: &str = "172.16.0.10";
@@ -107,12 +105,21 @@ pub struct TwoLineLab {
     pub gw: Arc<Netns>,
     pub idc: Arc<Netns>,
     pub vpc: Arc<Netns>,
-    pub gatewayd: PathBuf,
-    pub node: String,
-    pub config: PathBuf,
-    pub dir: PathBuf,
-    pub run_dir: PathBuf,
-    daemon: Option<Child>,
+    /// gatewayd in the `gw` namespace (its methods are the lab's, by Deref).
+    pub daemon: Daemon,
+}
+
+impl std::ops::Deref for TwoLineLab {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for TwoLineLab {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
 }
 
 impl TwoLineLab {
@@ -180,105 +187,43 @@ impl TwoLineLab {
         attach_lab_vlan(&idc, gatewayd, "trunk-a", &[(100, TRUNK_A_MAC)])?;
         attach_lab_vlan(&idc, gatewayd, "trunk-b", &[(100, TRUNK_B_MAC)])?;
 
-        let dir = std::env::temp_dir().join(format!("gatewayd-lines-{node}"));
-        fs::create_dir_all(&dir)?;
-        let config_path = dir.join("gateway.toml");
-        fs::write(&config_path, config(&node, a, b))?;
-        let run_dir = dir.join("run");
+        let daemon = Daemon::new(
+            gatewayd,
+            gw.clone(),
+            &node,
+            &format!("gatewayd-lines-{node}"),
+            &config(&node, a, b),
+        )?;
         Ok(TwoLineLab {
             lab,
             gw,
             idc,
             vpc,
-            gatewayd: gatewayd.to_owned(),
-            node,
-            config: config_path,
-            dir,
-            run_dir,
-            daemon: None,
+            daemon,
         })
-    }
-
-    fn gatewayd_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.gw.name()))
-            .arg("--")
-            .arg(&self.gatewayd)
-            .arg("--run-dir")
-            .arg(&self.run_dir)
-            .args(args);
-        cmd
-    }
-
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("gatewayd.log")).unwrap_or_default()
     }
 
     /// Starts the daemon and waits until both peers are learned and both
     /// tunnels are up.
     pub fn start_daemon(&mut self) -> Result<()> {
-        let log = fs::File::create(self.dir.join("gatewayd.log"))?;
-        let config = self.config.to_string_lossy().into_owned();
-        let child = self
-            .gatewayd_cmd(&["run", "-c", &config])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting gatewayd run")?;
-        self.daemon = Some(child);
+        self.daemon.start_daemon()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = self.daemon.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.daemon = None;
-                    bail!("gatewayd exited ({status}) during start:\n{}", self.log());
-                }
-            }
-            if let Ok(stats) = self.stats_json() {
-                let ready = stats["tunnels"].as_array().is_some_and(|ts| {
-                    ts.iter()
-                        .all(|t| t["peer_mac"].is_string() && t["health"]["state"] == "up")
-                });
-                if ready {
-                    return Ok(());
-                }
+            let stats = self
+                .stats_json()
+                .with_context(|| format!("gatewayd stopped answering:\n{}", self.log()))?;
+            let ready = stats["tunnels"].as_array().is_some_and(|ts| {
+                ts.iter()
+                    .all(|t| t["peer_mac"].is_string() && t["health"]["state"] == "up")
+            });
+            if ready {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("lines not up within 20 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    pub fn stop_daemon(&mut self) -> Result<()> {
-        if let Some(mut child) = self.daemon.take() {
-            match terminate(&mut child, Duration::from_secs(10))? {
-                Some(status) if status.success() => {}
-                other => bail!("gatewayd stopped badly ({other:?}):\n{}", self.log()),
-            }
-        }
-        Ok(())
-    }
-
-    pub fn stats_json(&self) -> Result<serde_json::Value> {
-        let out = self
-            .gatewayd_cmd(&["stats", "--json", "--node", &self.node])
-            .output()?;
-        if !out.status.success() {
-            bail!("gatewayd stats: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    pub fn stats_table(&self) -> Result<String> {
-        let out = self
-            .gatewayd_cmd(&["stats", "--node", &self.node])
-            .output()?;
-        if !out.status.success() {
-            bail!("gatewayd stats: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Counters of tunnel `name` ("dct-a", "dct-b").
@@ -352,16 +297,6 @@ impl TwoLineLab {
                     }
                 })
         }
-    }
-}
-
-impl Drop for TwoLineLab {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = terminate(&mut child, Duration::from_secs(5));
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-        let _ = fs::remove_dir_all(Path::new("/sys/fs/bpf/gatewayd").join(&self.node));
     }
 }
 
