@@ -151,16 +151,6 @@ pub fn check_pinned_maps(object: &[u8], pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What `Datapath::attach` did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachOutcome {
-    /// A new XDP link was created (and pinned).
-    Attached,
-    /// A link pinned by an earlier daemon now runs this program.
-    Adopted,
-    AlreadyAttached,
-}
-
 /// The program's attachment to one port: a bpf_link pinned at `pin`; `fd`
 /// keeps it open while the daemon runs.
 struct PortLink {
@@ -284,9 +274,9 @@ impl Datapath {
     /// to this program atomically (`bpf_link_update`: no frame ever sees the
     /// port without a program); otherwise a new link is created, in native
     /// (driver) mode, falling back to generic (skb) mode with a warning.
-    pub fn attach(&mut self, interface: &str, ifindex: u32) -> Result<AttachOutcome> {
+    pub fn attach(&mut self, interface: &str, ifindex: u32) -> Result<()> {
         if self.links.contains_key(&ifindex) {
-            return Ok(AttachOutcome::AlreadyAttached);
+            return Ok(());
         }
         let pin = self.link_pin(interface, ifindex);
         if pin.exists() {
@@ -294,7 +284,7 @@ impl Datapath {
                 Ok(fd) => {
                     info!("{interface}: adopted the pinned XDP link; program replaced atomically");
                     self.links.insert(ifindex, PortLink { pin, fd });
-                    return Ok(AttachOutcome::Adopted);
+                    return Ok(());
                 }
                 Err(e) => {
                     // Typically the interface was deleted and recreated: the
@@ -336,7 +326,7 @@ impl Datapath {
                 fd: pinned.into(),
             },
         );
-        Ok(AttachOutcome::Attached)
+        Ok(())
     }
 
     /// Switches a pinned link to this program (`bpf_link_update`).
@@ -371,10 +361,6 @@ impl Datapath {
             self.detach(ifindex)?;
         }
         Ok(())
-    }
-
-    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
-        self.links.keys().copied()
     }
 
     /// Pinned links of ports this daemon has not attached (yet): after
