@@ -28,8 +28,13 @@ pub fn scale_svg(points: &[ScalePoint], path: &Path) -> Result<()> {
     let series_of = [
         ("routes", "routes: whole VPC->IDC path", RED),
         (
+            "lookup: destination cache + ROUTES hash",
+            "routes: lookup alone, destination cache + hash (datapath)",
+            CYAN,
+        ),
+        (
             "lookup: ROUTES hash",
-            "routes: lookup alone, ROUTES hash (datapath)",
+            "routes: lookup alone, ROUTES hash (a cache miss)",
             MAGENTA,
         ),
         (

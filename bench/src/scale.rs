@@ -128,6 +128,7 @@ fn point(table: &str, size: u64, gw: &GatewayNs, load: f64, maps: &[&str]) -> Re
         total_memlock_bytes: sys::pinned_memlock(gw.pin_dir())?,
         valid: false,
         why_invalid: None,
+        cache_hit_rate: None,
     })
 }
 
@@ -201,8 +202,13 @@ pub fn route_lookup(
     let all = random_routes(*sizes.iter().max().unwrap_or(&0) as usize, 0x5eed, lens);
     let mut trie_points = Vec::new();
     let mut hash_points = Vec::new();
+    let mut cached_points = Vec::new();
+    let mut cache_hit_rates = Vec::new();
     for &n in sizes {
-        let mut b = BenchProgram::load_with("bench_route_trie", &["bench_route_hash"])?;
+        let mut b = BenchProgram::load_with(
+            "bench_route_trie",
+            &["bench_route_hash", "bench_route_cached"],
+        )?;
         let route = Route {
             kind: nexthop_kind::TUNNELS,
             group: 0,
@@ -260,12 +266,13 @@ pub fn route_lookup(
         };
         let trie_mem = memlock(&b, "ROUTE_ORACLE")?;
         let hash_mem = memlock(&b, "ROUTES")?;
-        // Interleaved, the same frames: trie, hash, trie, hash, ...; the
+        // Interleaved, the same frames: trie, hash, cached, trie, ...; the
         // best round of each.
-        let mut best = [f64::INFINITY; 2];
-        let mut valid = [true; 2];
+        let mut best = [f64::INFINITY; 3];
+        let mut valid = [true; 3];
+        let cache_before = dest_cache_stats(&b)?;
         for _ in 0..rounds {
-            for (i, prog) in ["bench_route_trie", "bench_route_hash"]
+            for (i, prog) in ["bench_route_trie", "bench_route_hash", "bench_route_cached"]
                 .into_iter()
                 .enumerate()
             {
@@ -281,18 +288,25 @@ pub fn route_lookup(
                 best[i] = best[i].min(crate::fixture::trimmed_mean(&mut times));
             }
         }
+        let cache_after = dest_cache_stats(&b)?;
+        let (hits, misses) = (
+            cache_after.0 - cache_before.0,
+            cache_after.1 - cache_before.1,
+        );
+        let hit_rate = hits as f64 / (hits + misses).max(1) as f64;
         for (i, (points, load, mem)) in [
             (&mut trie_points, trie_load, trie_mem),
             (&mut hash_points, hash_load, hash_mem),
+            (&mut cached_points, hash_load, hash_mem),
         ]
         .into_iter()
         .enumerate()
         {
             points.push(ScalePoint {
-                table: if i == 0 {
-                    format!("lookup: LPM trie{suffix}")
-                } else {
-                    format!("lookup: ROUTES hash{suffix}")
+                table: match i {
+                    0 => format!("lookup: LPM trie{suffix}"),
+                    1 => format!("lookup: ROUTES hash{suffix}"),
+                    _ => format!("lookup: destination cache + ROUTES hash{suffix}"),
                 },
                 size: n,
                 ns: best[i],
@@ -302,16 +316,43 @@ pub fn route_lookup(
                 total_memlock_bytes: mem,
                 valid: valid[i],
                 why_invalid: (!valid[i]).then(|| "a destination inside a route found none".into()),
+                cache_hit_rate: None,
             });
         }
         eprintln!(
-            "  lookup {n:>8}{suffix}: trie {:6.1} ns, hash {:6.1} ns",
-            best[0], best[1]
+            "  lookup {n:>8}{suffix}: trie {:6.1} ns, hash {:6.1} ns, cached {:6.1} ns ({:.1} % hits)",
+            best[0],
+            best[1],
+            best[2],
+            hit_rate * 100.0
         );
+        cache_hit_rates.push((n, hit_rate));
     }
     let mut out = ratios(trie_points);
     out.extend(ratios(hash_points));
+    let mut cached = ratios(cached_points);
+    for p in &mut cached {
+        if let Some((_, rate)) = cache_hit_rates.iter().find(|(n, _)| *n == p.size) {
+            p.cache_hit_rate = Some(*rate);
+        }
+    }
+    out.extend(cached);
     Ok(out)
+}
+
+/// Destination cache (hits, misses) of a bench object, summed over CPUs.
+fn dest_cache_stats(b: &BenchProgram) -> Result<(u64, u64)> {
+    use aya::maps::PerCpuArray;
+    use gateway_common::DestCacheStats;
+    let stats: PerCpuArray<_, DestCacheStats> = PerCpuArray::try_from(
+        b.ebpf
+            .map(names::DEST_CACHE_STATS)
+            .context("DEST_CACHE_STATS")?,
+    )?;
+    let per_cpu = stats.get(&0, 0)?;
+    Ok(per_cpu
+        .iter()
+        .fold((0, 0), |(h, m), s| (h + s.hits, m + s.misses)))
 }
 
 /// The maps a route table lives in.

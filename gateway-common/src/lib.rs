@@ -31,6 +31,9 @@ pub mod map_names {
     pub const PORT_MAPPINGS: &str = "PORT_MAPPINGS";
     pub const TUNNEL_HEALTH: &str = "TUNNEL_HEALTH";
     pub const BANDWIDTH: &str = "BANDWIDTH";
+    pub const DEST_CACHE: &str = "DEST_CACHE";
+    pub const DEST_CACHE_GENERATION: &str = "DEST_CACHE_GENERATION";
+    pub const DEST_CACHE_STATS: &str = "DEST_CACHE_STATS";
     /// Every map the daemon pins, in one list.
     pub const ALL: &[&str] = &[
         PORTS,
@@ -49,6 +52,9 @@ pub mod map_names {
         PORT_MAPPINGS,
         TUNNEL_HEALTH,
         BANDWIDTH,
+        DEST_CACHE,
+        DEST_CACHE_GENERATION,
+        DEST_CACHE_STATS,
     ];
 }
 
@@ -77,6 +83,10 @@ pub mod limits {
     /// 802.1Q VLAN ids usable for tunnels (0 and 4095 are reserved).
     pub const VLAN_MIN: u16 = 1;
     pub const VLAN_MAX: u16 = 4094;
+    /// Slots of the per-CPU destination cache (two-way: half as many sets).
+    /// 16k slots of 56 bytes: 896 KiB per CPU, room for the working set of
+    /// a busy gateway's destinations without thrashing.
+    pub const DEST_CACHE_SLOTS: u32 = 16_384;
 }
 
 /// What a port (an interface the program is attached to) is for.
@@ -159,6 +169,9 @@ const _: () = assert!(core::mem::size_of::<Tunnel>() == 48);
 pub mod tunnel_flags {
     /// Slot holds a configured tunnel (arrays have no "absent" entries).
     pub const ACTIVE: u32 = 1;
+    /// The tunnel has peer IP mappings (`PEER_*` in `IP_MAPPINGS`): the
+    /// datapath skips those lookups for tunnels without.
+    pub const PEER_IP_MAPPINGS: u32 = 2;
 }
 
 /// `PEER_NEIGH[tunnel id]`: the customer router's MAC, learned by the
@@ -180,10 +193,20 @@ const _: () = assert!(core::mem::size_of::<PeerNeigh>() == 8);
 pub struct Gateway {
     /// ifindex of the gateway's VPC-facing port (host order).
     pub vpc_ifindex: u32,
-    /// 1 when the slot holds a configured gateway.
-    pub active: u32,
+    /// `gateway_flags::*` (ACTIVE when the slot holds a configured gateway).
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<Gateway>() == 8);
+
+pub mod gateway_flags {
+    /// Slot holds a configured gateway.
+    pub const ACTIVE: u32 = 1;
+    /// The gateway has local IP mappings (`LOCAL_*` in `IP_MAPPINGS`): the
+    /// datapath skips those lookups for gateways without.
+    pub const LOCAL_IP_MAPPINGS: u32 = 2;
+    /// The gateway has IP:port mappings (`PORT_MAPPINGS`).
+    pub const PORT_MAPPINGS: u32 = 4;
+}
 
 /// `ROUTES` key: one route of one gateway, as (gateway, prefix length,
 /// destination network). The table is a hash per (gateway, length), searched
@@ -349,6 +372,65 @@ pub struct TokenBucket {
 }
 const _: () = assert!(core::mem::size_of::<TokenBucket>() == 8);
 
+/// `DEST_CACHE` slot: one destination's route lookup, and for a VPC
+/// destination the kernel FIB's answer (egress port, MACs, MTU), so the
+/// datapath pays the route probes and `bpf_fib_lookup` once per destination
+/// instead of once per packet. Per CPU, two-way set associative, filled by
+/// the datapath on a miss.
+///
+/// A slot is valid while `generation` equals `DEST_CACHE_GENERATION[0]`,
+/// which the daemon bumps after every change to the routes and on kernel
+/// neighbour, route and link events, and for at most
+/// `DEST_CACHE_MAX_AGE_NS` after `stamp`, which bounds how long a changed
+/// kernel neighbour (a VPC host's new MAC) can go unnoticed when no daemon
+/// runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestCacheEntry {
+    /// Key: the gateway whose table was searched.
+    pub gateway_id: u32,
+    /// Key: the ingress port (the FIB lookup's input), never 0 in a valid
+    /// slot, so an all-zero slot matches nothing.
+    pub ifindex: u32,
+    /// Key: source address (network order); 0 where only the route is
+    /// cached (VPC -> IDC, whose route does not depend on it).
+    pub src: [u8; 4],
+    /// Key: destination address (network order).
+    pub dst: [u8; 4],
+    /// `DEST_CACHE_GENERATION[0]` read before the lookups that filled it.
+    pub generation: u32,
+    /// Egress ifindex from the FIB (`neigh` == 1 only).
+    pub out_ifindex: u32,
+    /// The longest-prefix route; `route.kind` == 0 caches "no route".
+    pub route: Route,
+    /// `bpf_ktime_get_coarse_ns()` when filled.
+    pub stamp: u64,
+    /// Largest IPv4 packet (tot_len) the egress port takes, from the FIB.
+    pub mtu: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// 1 when `out_ifindex`, `smac`, `dmac` and `mtu` hold a resolved
+    /// VPC neighbour.
+    pub neigh: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 56);
+
+/// How long a cached kernel FIB answer is used without asking the kernel
+/// again. While the daemon runs, kernel neighbour/route/link events
+/// invalidate the cache within a tick (20 ms); this bounds how long a VPC
+/// neighbour's changed MAC can go unnoticed when it does not.
+pub const DEST_CACHE_MAX_AGE_NS: u64 = 1_000_000_000;
+
+/// `DEST_CACHE_STATS[0]` (per CPU): how the destination cache does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+const _: () = assert!(core::mem::size_of::<DestCacheStats>() == 16);
+
 /// Which translation an `IP_MAPPINGS` entry performs. The kind is the first
 /// byte of the key, so one LPM trie holds all four tables.
 pub mod mapping_kind {
@@ -479,6 +561,8 @@ mod pod {
     unsafe impl aya::Pod for PortMapping {}
     unsafe impl aya::Pod for TunnelHealth {}
     unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for DestCacheEntry {}
+    unsafe impl aya::Pod for DestCacheStats {}
 }
 const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());
 

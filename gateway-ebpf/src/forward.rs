@@ -10,6 +10,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum,
+    dest_cache::Neighbour,
     packet::{ptr_at, Ipv4, VLAN_TAG_LEN},
 };
 
@@ -31,12 +32,8 @@ pub fn decrement_ttl(ip: &Ipv4) {
 
 /// What the kernel FIB says about a destination inside a VPC.
 pub enum VpcNeighbour {
-    /// Resolved: MACs to write and the egress port.
-    Resolved {
-        ifindex: u32,
-        smac: [u8; 6],
-        dmac: [u8; 6],
-    },
+    /// Resolved: the egress port, the MACs to write and the port's MTU.
+    Resolved(Neighbour),
     /// Route found but no neighbour entry yet (the kernel resolves it when
     /// it forwards the packet itself).
     Missing {
@@ -46,7 +43,9 @@ pub enum VpcNeighbour {
 }
 
 /// Resolves the VPC-side next hop with the kernel's FIB and neighbour table,
-/// so no MAC has to be configured for the VPC side.
+/// so no MAC has to be configured for the VPC side. Uncached: the datapath
+/// goes through `idc::vpc_destination`, which asks this once per
+/// destination.
 #[inline(always)]
 pub fn vpc_neighbour(ctx: &XdpContext, ip: &Ipv4, ingress_ifindex: u32) -> VpcNeighbour {
     // SAFETY: plain C struct, all-zero is its documented initial state.
@@ -67,11 +66,15 @@ pub fn vpc_neighbour(ctx: &XdpContext, ip: &Ipv4, ingress_ifindex: u32) -> VpcNe
         )
     };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        VpcNeighbour::Resolved {
+        VpcNeighbour::Resolved(Neighbour {
             ifindex: params.ifindex,
             smac: params.smac,
             dmac: params.dmac,
-        }
+            // SAFETY: on success the kernel (5.12+) writes the egress MTU
+            // over the tot_len it read; a kernel that does not leaves
+            // tot_len, a safe bound (larger packets ask the FIB again).
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
+        })
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         VpcNeighbour::Missing {
             ifindex: params.ifindex,

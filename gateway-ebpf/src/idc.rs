@@ -8,19 +8,20 @@
 
 use aya_ebpf::programs::XdpContext;
 use gateway_common::{
-    bandwidth_dir, nexthop_kind,
+    bandwidth_dir, gateway_flags, nexthop_kind,
     vlan::{TPID_8021Q, VID_MASK},
-    Fate, Port, Tunnel, VlanKey,
+    Fate, Port, Route, Tunnel, VlanKey,
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::{
     counters::{self, Owner},
+    dest_cache::{self, Neighbour, Probe},
     forward::{self, VpcNeighbour, DROP, PASS},
     local,
     maps::{GATEWAYS, TUNNEL_BY_VLAN},
     nat,
-    packet::{self, frame_len, ptr_at, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, VLAN_ETH_LEN},
+    packet::{self, frame_len, ptr_at, Ipv4, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, VLAN_ETH_LEN},
     ratelimit, routes,
 };
 
@@ -84,24 +85,25 @@ fn ipv4(
     if ip.dst() == tunnel.local_ip {
         return local::to_local(ctx, ifindex, port, tunnel, &ip);
     }
+    let Some(gateway) = GATEWAYS.get(tunnel.gateway_id).copied() else {
+        counters::fate(owner, Fate::NexthopInvalid);
+        return DROP;
+    };
+    if gateway.flags & gateway_flags::ACTIVE == 0 {
+        counters::fate(owner, Fate::NexthopInvalid);
+        return DROP;
+    }
     // Translate first: the route lookup is for the VPC address.
-    if let Err(fate) = nat::translate(
-        ctx,
-        &ip,
-        nat::Direction::ToVpc,
-        tunnel.id,
-        tunnel.gateway_id,
-    ) {
+    let scope = nat::Scope::new(tunnel, tunnel.gateway_id, &gateway);
+    if let Err(fate) = nat::translate(ctx, &ip, nat::Direction::ToVpc, &scope) {
         counters::fate(owner, fate);
         return DROP;
     }
     // Only VPC destinations: a gateway carries no IDC-to-IDC transit.
-    let to_vpc = routes::lookup(tunnel.gateway_id, ip.dst())
-        .is_some_and(|route| route.kind == nexthop_kind::VPC);
-    if !to_vpc {
+    let Some(neighbour) = vpc_destination(ctx, &ip, tunnel.gateway_id, ifindex) else {
         counters::fate(owner, Fate::NoRoute);
         return DROP;
-    }
+    };
     if ip.ttl() <= 1 {
         counters::fate(owner, Fate::TtlExceeded);
         return DROP;
@@ -110,27 +112,15 @@ fn ipv4(
         counters::fate(owner, Fate::RateLimited);
         return DROP;
     }
-    let Some(gateway) = GATEWAYS.get(tunnel.gateway_id).copied() else {
-        counters::fate(owner, Fate::NexthopInvalid);
-        return DROP;
-    };
-    if gateway.active == 0 {
-        counters::fate(owner, Fate::NexthopInvalid);
-        return DROP;
-    }
-    match forward::vpc_neighbour(ctx, &ip, ifindex) {
-        VpcNeighbour::Resolved {
-            ifindex: out,
-            smac,
-            dmac,
-        } if out == gateway.vpc_ifindex => {
+    match neighbour {
+        VpcNeighbour::Resolved(n) if n.ifindex == gateway.vpc_ifindex => {
             forward::decrement_ttl(&ip);
-            if !forward::pop_vlan(ctx, dmac, smac) {
+            if !forward::pop_vlan(ctx, n.dmac, n.smac) {
                 counters::fate(owner, Fate::Malformed);
                 return DROP;
             }
             counters::tx(Owner::Gateway(tunnel.gateway_id), frame_len(ctx));
-            forward::redirect(out)
+            forward::redirect(n.ifindex)
         }
         VpcNeighbour::Missing { ifindex: out } if out == gateway.vpc_ifindex => {
             // Slow path: the kernel forwards this one untagged packet and
@@ -146,6 +136,61 @@ fn ipv4(
         _ => {
             counters::fate(owner, Fate::VpcUnreachable);
             DROP
+        }
+    }
+}
+
+/// Where a packet to a VPC address leaves: None when the gateway's route
+/// for it does not lead into the VPC, else the kernel FIB's answer for it.
+/// Both come from the destination cache when it has them (keyed by the
+/// source too: the FIB answer may depend on it).
+#[inline(always)]
+fn vpc_destination(
+    ctx: &XdpContext,
+    ip: &Ipv4,
+    gateway_id: u32,
+    ingress: u32,
+) -> Option<VpcNeighbour> {
+    let key = dest_cache::Key {
+        gateway_id,
+        ifindex: ingress,
+        src: ip.src(),
+        dst: ip.dst(),
+    };
+    let is_vpc = |route: Option<Route>| route.is_some_and(|r| r.kind == nexthop_kind::VPC);
+    match dest_cache::probe(&key) {
+        Probe::Hit(slot) => {
+            // SAFETY: a valid slot pointer from `probe`.
+            let entry = unsafe { &*slot };
+            if !is_vpc(dest_cache::cached_route(entry)) {
+                return None;
+            }
+            match Neighbour::cached(entry) {
+                Some(n) if ip.tot_len() <= n.mtu => Some(VpcNeighbour::Resolved(n)),
+                // Too big for the cached MTU: the FIB says what to do.
+                Some(_) => Some(forward::vpc_neighbour(ctx, ip, ingress)),
+                None => {
+                    let found = forward::vpc_neighbour(ctx, ip, ingress);
+                    if let VpcNeighbour::Resolved(n) = &found {
+                        n.store(slot);
+                    }
+                    Some(found)
+                }
+            }
+        }
+        Probe::Miss(slot) => {
+            let route = routes::lookup(gateway_id, ip.dst());
+            if !is_vpc(route) {
+                slot.fill(&key, route, None);
+                return None;
+            }
+            let found = forward::vpc_neighbour(ctx, ip, ingress);
+            let resolved = match &found {
+                VpcNeighbour::Resolved(n) => Some(n),
+                _ => None,
+            };
+            slot.fill(&key, route, resolved);
+            Some(found)
         }
     }
 }

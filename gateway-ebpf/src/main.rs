@@ -9,6 +9,7 @@
 
 mod counters;
 mod csum;
+mod dest_cache;
 mod forward;
 mod idc;
 mod local;

@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    limits::*, Counters, Gateway, IpMapping, MappingKey, NexthopGroup, PeerNeigh, Port,
-    PortMapping, PortMappingKey, Route, RoutePrefixKey, RoutePrefixLens, TokenBucket, Tunnel,
-    TunnelHealth, VlanKey,
+    limits::*, Counters, DestCacheEntry, DestCacheStats, Gateway, IpMapping, MappingKey,
+    NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RoutePrefixKey,
+    RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey,
 };
 
 /// ifindex -> what the port is (connection trunk or VPC port) and its MAC.
@@ -89,3 +89,18 @@ pub static TUNNEL_HEALTH: Array<TunnelHealth, { MAX_TUNNELS as usize }> = Array:
 /// cap; written only here, atomically.
 #[btf_map]
 pub static BANDWIDTH: Array<TokenBucket, { 2 * MAX_TUNNELS as usize }> = Array::new();
+
+/// Per CPU: recent destinations' route and VPC neighbour (see
+/// dest_cache.rs); written only here.
+#[btf_map]
+pub static DEST_CACHE: PerCpuArray<DestCacheEntry, { DEST_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// Slot 0: the destination cache's generation, bumped by the daemon after
+/// every change it applies; slots of another generation are stale.
+#[btf_map]
+pub static DEST_CACHE_GENERATION: Array<u32, 1> = Array::new();
+
+/// Slot 0, per CPU: destination cache hits and misses.
+#[btf_map]
+pub static DEST_CACHE_STATS: PerCpuArray<DestCacheStats, 1> = PerCpuArray::new();

@@ -16,7 +16,8 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use gateway_common::{
-    mapping_kind, port_mapping_dir, Fate, IpMapping, MappingKey, PortMapping, PortMappingKey,
+    gateway_flags, mapping_kind, port_mapping_dir, tunnel_flags, Fate, Gateway, IpMapping,
+    MappingKey, PortMapping, PortMappingKey, Tunnel,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -120,23 +121,61 @@ impl Direction {
     }
 }
 
+/// Which tables a packet's tunnel and gateway have entries in, from their
+/// flags (set by the daemon): lookups in the others are skipped, so a tunnel
+/// without mappings pays nothing for NAT.
+#[derive(Clone, Copy)]
+pub struct Scope {
+    pub tunnel_id: u32,
+    pub gateway_id: u32,
+    peer: bool,
+    local: bool,
+    ports: bool,
+}
+
+impl Scope {
+    #[inline(always)]
+    pub fn new(tunnel: &Tunnel, gateway_id: u32, gateway: &Gateway) -> Scope {
+        Scope {
+            tunnel_id: tunnel.id,
+            gateway_id,
+            peer: tunnel.flags & tunnel_flags::PEER_IP_MAPPINGS != 0,
+            local: gateway.flags & gateway_flags::LOCAL_IP_MAPPINGS != 0,
+            ports: gateway.flags & gateway_flags::PORT_MAPPINGS != 0,
+        }
+    }
+
+    /// The IDC-side address translated by the tunnel's peer mapping.
+    #[inline(always)]
+    fn peer(&self, t: &Tables, addr: [u8; 4]) -> [u8; 4] {
+        if !self.peer {
+            return addr;
+        }
+        ip_mapping(t.peer, self.tunnel_id, addr).unwrap_or(addr)
+    }
+}
+
 /// The VPC-side end of a packet, translated: a port mapping if the packet
 /// has a port and one matches, else the local IP mapping; the port is kept
 /// unless a port mapping changed it.
 #[inline(always)]
 fn vpc_side(
     t: &Tables,
-    gateway_id: u32,
+    scope: &Scope,
     protocol: u8,
     addr: [u8; 4],
     port: Option<[u8; 2]>,
 ) -> ([u8; 4], [u8; 2]) {
-    if let Some(port) = port {
-        if let Some(m) = port_mapping(gateway_id, addr, port, protocol, t.port_dir) {
+    if let (Some(port), true) = (port, scope.ports) {
+        if let Some(m) = port_mapping(scope.gateway_id, addr, port, protocol, t.port_dir) {
             return (m.addr, m.port);
         }
     }
-    let addr = ip_mapping(t.local, gateway_id, addr).unwrap_or(addr);
+    let addr = if scope.local {
+        ip_mapping(t.local, scope.gateway_id, addr).unwrap_or(addr)
+    } else {
+        addr
+    };
     (addr, port.unwrap_or([0; 2]))
 }
 
@@ -234,15 +273,12 @@ fn apply(ctx: &XdpContext, ip: &Ipv4, rw: Rewrite) -> Result<(), Fate> {
 /// destination by a port mapping or the local mapping; VPC -> IDC the
 /// reverse.
 #[inline(always)]
-pub fn translate(
-    ctx: &XdpContext,
-    ip: &Ipv4,
-    dir: Direction,
-    tunnel_id: u32,
-    gateway_id: u32,
-) -> Result<(), Fate> {
+pub fn translate(ctx: &XdpContext, ip: &Ipv4, dir: Direction, scope: &Scope) -> Result<(), Fate> {
+    if !(scope.peer || scope.local || scope.ports) {
+        return Ok(());
+    }
     if is_icmp_error(ctx, ip) {
-        return icmp_error(ctx, ip, dir, tunnel_id, gateway_id);
+        return icmp_error(ctx, ip, dir, scope);
     }
     let t = dir.tables();
     let protocol = ip.proto();
@@ -258,14 +294,15 @@ pub fn translate(
         Direction::ToVpc => (src, dst, port_pair.map(|p| p.1)),
         Direction::ToIdc => (dst, src, port_pair.map(|p| p.0)),
     };
-    if has_ports(protocol)
+    if scope.ports
+        && has_ports(protocol)
         && ip.is_later_fragment()
-        && has_port_mappings(gateway_id, vpc, protocol, t.port_dir)
+        && has_port_mappings(scope.gateway_id, vpc, protocol, t.port_dir)
     {
         return Err(Fate::NatFragment);
     }
-    let new_idc = ip_mapping(t.peer, tunnel_id, idc).unwrap_or(idc);
-    let (new_vpc, new_vpc_port) = vpc_side(&t, gateway_id, protocol, vpc, vpc_port);
+    let new_idc = scope.peer(&t, idc);
+    let (new_vpc, new_vpc_port) = vpc_side(&t, scope, protocol, vpc, vpc_port);
     let rw = match dir {
         Direction::ToVpc => Rewrite {
             src: new_idc,
@@ -292,13 +329,7 @@ pub fn translate(
 /// knows it, dst = an IDC host); both are turned back into what the VPC
 /// sent, with the same tables as the error itself.
 #[inline(always)]
-fn icmp_error(
-    ctx: &XdpContext,
-    ip: &Ipv4,
-    dir: Direction,
-    tunnel_id: u32,
-    gateway_id: u32,
-) -> Result<(), Fate> {
+fn icmp_error(ctx: &XdpContext, ip: &Ipv4, dir: Direction, scope: &Scope) -> Result<(), Fate> {
     const MALFORMED: Fate = Fate::NatIcmpMalformed;
     let t = dir.tables();
     let inner_l3 = ip.l4 + 8;
@@ -333,14 +364,14 @@ fn icmp_error(
         // Quoted IDC -> VPC packet: its dst is the VPC end.
         Direction::ToIdc => (odst, osrc, old.src, old.dst, inner_ports.map(|p| p.1)),
     };
-    let new_idc = ip_mapping(t.peer, tunnel_id, idc).unwrap_or(idc);
-    let (new_vpc, new_vpc_port) = vpc_side(&t, gateway_id, protocol, vpc, vpc_port);
-    let new_outer_idc = ip_mapping(t.peer, tunnel_id, outer_idc).unwrap_or(outer_idc);
+    let new_idc = scope.peer(&t, idc);
+    let (new_vpc, new_vpc_port) = vpc_side(&t, scope, protocol, vpc, vpc_port);
+    let new_outer_idc = scope.peer(&t, outer_idc);
     // The error usually comes from (or goes to) the quoted packet's VPC end.
     let new_outer_vpc = if outer_vpc == vpc {
         new_vpc
     } else {
-        vpc_side(&t, gateway_id, protocol, outer_vpc, None).0
+        vpc_side(&t, scope, protocol, outer_vpc, None).0
     };
     let (new, outer) = match dir {
         Direction::ToVpc => (

@@ -13,11 +13,12 @@ use network_types::eth::EthHdr;
 
 use crate::{
     counters::{self, Owner},
+    dest_cache,
     forward::{self, DROP, PASS},
-    maps::{NEXTHOP_GROUPS, PEER_NEIGH, TUNNELS, TUNNEL_HEALTH},
+    maps::{GATEWAYS, NEXTHOP_GROUPS, PEER_NEIGH, TUNNELS, TUNNEL_HEALTH},
     nat,
     packet::{self, frame_len, ptr_at, Ipv4, ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
-    ratelimit, routes,
+    ratelimit,
 };
 
 #[inline(always)]
@@ -43,7 +44,7 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
         counters::fate(gateway, Fate::Malformed);
         return DROP;
     };
-    let Some(route) = routes::lookup(port.id, ip.dst()) else {
+    let Some(route) = dest_cache::route(port.id, ctx.ingress_ifindex() as u32, ip.dst()) else {
         counters::fate(gateway, Fate::KernelLocal);
         return PASS;
     };
@@ -95,7 +96,12 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
         counters::fate(owner, Fate::RateLimited);
         return DROP;
     }
-    if let Err(fate) = nat::translate(ctx, &ip, nat::Direction::ToIdc, tunnel.id, port.id) {
+    let Some(gateway) = GATEWAYS.get(port.id).copied() else {
+        counters::fate(owner, Fate::NexthopInvalid);
+        return DROP;
+    };
+    let scope = nat::Scope::new(&tunnel, port.id, &gateway);
+    if let Err(fate) = nat::translate(ctx, &ip, nat::Direction::ToIdc, &scope) {
         counters::fate(owner, fate);
         return DROP;
     }

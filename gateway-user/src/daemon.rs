@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     datapath::{self, Datapath},
-    ebpf, health, metrics, netdev,
+    ebpf, health, kernel_events, metrics, netdev,
     plan::{self, Plan},
     probe::Prober,
     stats::{fates_of, DaemonStats, PortStats, Snapshot, TunnelStats},
@@ -339,7 +339,14 @@ pub async fn run(config_path: &Path, paths: &Paths, options: &RunOptions) -> Res
         .with_context(|| format!("binding control socket {}", socket_path.display()))?;
     let (down_tx, mut down_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(serve_control(listener, state.clone(), down_tx));
-    tokio::spawn(watch_lines(state.clone()));
+    let kernel_changed = match kernel_events::watch() {
+        Ok(changed) => Some(changed),
+        Err(e) => {
+            warn!("{e:#}: cached VPC neighbours follow kernel changes only as they age out (within 1 s)");
+            None
+        }
+    };
+    tokio::spawn(watch_lines(state.clone(), kernel_changed));
     if let Some(listener) = metrics_listener {
         let state = state.clone();
         tokio::spawn(metrics::serve(
@@ -482,7 +489,9 @@ fn error_json(message: &str) -> String {
 
 /// Probes every tunnel's customer router and watches the connections'
 /// links (see health.rs); the probes also teach the datapath peer MACs.
-async fn watch_lines(state: Arc<Mutex<State>>) {
+/// On the same tick, applies kernel routing changes to the destination
+/// cache (see kernel_events.rs).
+async fn watch_lines(state: Arc<Mutex<State>>, kernel_changed: Option<kernel_events::Changed>) {
     let prober = match Prober::new() {
         Ok(p) => Some(p),
         Err(e) => {
@@ -499,6 +508,11 @@ async fn watch_lines(state: Arc<Mutex<State>>) {
             let State {
                 dp, plan, lines, ..
             } = &mut *s;
+            if kernel_changed.as_ref().is_some_and(|c| c.take()) {
+                if let Err(e) = dp.invalidate_dest_cache() {
+                    warn!("invalidating the destination cache: {e:#}");
+                }
+            }
             lines.tick(dp, plan, prober.is_some())
         };
         let Some(prober) = &prober else {

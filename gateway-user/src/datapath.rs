@@ -21,9 +21,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    bandwidth_dir, limits, map_names as names, Counters, Gateway, IpMapping, MappingKey,
-    NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RoutePrefixKey,
-    RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey, XDP_PROGRAM,
+    bandwidth_dir, gateway_flags, limits, map_names as names, Counters, DestCacheStats, Gateway,
+    IpMapping, MappingKey, NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route,
+    RoutePrefixKey, RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey, XDP_PROGRAM,
 };
 use tracing::{debug, info};
 
@@ -465,6 +465,30 @@ impl Datapath {
     /// and before the route to a mapped prefix, so no packet of a mapped
     /// tunnel or prefix ever passes untranslated; they are removed last.
     pub fn apply(&mut self, plan: &Plan) -> Result<ApplyStats> {
+        let applied = self.apply_maps(plan);
+        // Whatever was written, even by a failed apply: cached routes from
+        // before it must not outlive it.
+        let bumped = self.invalidate_dest_cache();
+        let stats = applied?;
+        bumped?;
+        Ok(stats)
+    }
+
+    /// Makes every destination cache slot stale: the datapath compares a
+    /// slot's generation with this one (see gateway-ebpf/src/dest_cache.rs).
+    pub fn invalidate_dest_cache(&mut self) -> Result<()> {
+        if !self.has_map(names::DEST_CACHE_GENERATION) {
+            return Ok(());
+        }
+        let mut generation: Array<_, u32> =
+            Array::try_from(self.map_mut(names::DEST_CACHE_GENERATION)?)?;
+        let next = generation.get(&0, 0)?.wrapping_add(1);
+        generation
+            .set(0, next, 0)
+            .context("bumping the destination cache generation")
+    }
+
+    fn apply_maps(&mut self, plan: &Plan) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
         // An object without the NAT maps still serves configs without NAT;
         // one with NAT fails here, before anything is written.
@@ -700,7 +724,9 @@ impl Datapath {
             p.tunnel_by_vlan.insert((k.ifindex, k.vlan), v);
         }
         p.tunnels = self.array_entries(names::TUNNELS, |t: &Tunnel| t.flags != 0)?;
-        p.gateways = self.array_entries(names::GATEWAYS, |g: &Gateway| g.active != 0)?;
+        p.gateways = self.array_entries(names::GATEWAYS, |g: &Gateway| {
+            g.flags & gateway_flags::ACTIVE != 0
+        })?;
         let routes: HashMap<_, RoutePrefixKey, Route> =
             HashMap::try_from(self.map(names::ROUTES)?)?;
         for e in routes.iter() {
@@ -749,6 +775,23 @@ impl Datapath {
         ids: impl Iterator<Item = u32>,
     ) -> Result<BTreeMap<u32, Counters>> {
         read_counters(self.map(map)?, ids)
+    }
+
+    /// Destination cache hits and misses, summed over CPUs (zeros for an
+    /// object without the cache).
+    pub fn dest_cache_stats(&self) -> Result<DestCacheStats> {
+        if !self.has_map(names::DEST_CACHE_STATS) {
+            return Ok(DestCacheStats::default());
+        }
+        let stats: PerCpuArray<_, DestCacheStats> =
+            PerCpuArray::try_from(self.map(names::DEST_CACHE_STATS)?)?;
+        Ok(stats
+            .get(&0, 0)?
+            .iter()
+            .fold(DestCacheStats::default(), |sum, s| DestCacheStats {
+                hits: sum.hits + s.hits,
+                misses: sum.misses + s.misses,
+            }))
     }
 
     /// `TUNNEL_HEALTH` of the given tunnel ids: the `down_reason` bits (0 =

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod ebpf;
 pub mod health;
+pub mod kernel_events;
 pub mod lab;
 pub mod metrics;
 pub mod netdev;

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Result};
 use gateway_common::{
-    limits, mapping_kind, nexthop_kind, port_mapping_dir, port_role, tunnel_flags, Gateway,
-    IpMapping, MappingKey, NexthopGroup, Port, PortMapping, PortMappingKey, Route, RouteKey,
-    RoutePrefixKey, Tunnel, VlanKey,
+    gateway_flags, limits, mapping_kind, nexthop_kind, port_mapping_dir, port_role, tunnel_flags,
+    Gateway, IpMapping, MappingKey, NexthopGroup, Port, PortMapping, PortMappingKey, Route,
+    RouteKey, RoutePrefixKey, Tunnel, VlanKey,
 };
 use ipnet::Ipv4Net;
 
@@ -273,7 +273,17 @@ pub fn build(
             id,
             Gateway {
                 vpc_ifindex: d.ifindex,
-                active: 1,
+                flags: gateway_flags::ACTIVE
+                    | if g.local_ip_mappings.is_empty() {
+                        0
+                    } else {
+                        gateway_flags::LOCAL_IP_MAPPINGS
+                    }
+                    | if g.local_port_mappings.is_empty() {
+                        0
+                    } else {
+                        gateway_flags::PORT_MAPPINGS
+                    },
             },
         );
         plan.gateway_meta.push(NamedId {
@@ -363,7 +373,12 @@ pub fn build(
             _pad: 0,
             local_ip: t.local_ip.addr().octets(),
             peer_ip: t.peer_ip.octets(),
-            flags: tunnel_flags::ACTIVE,
+            flags: tunnel_flags::ACTIVE
+                | if t.peer_ip_mappings.is_empty() {
+                    0
+                } else {
+                    tunnel_flags::PEER_IP_MAPPINGS
+                },
             connection_mac: conn.mac,
             _pad2: [0; 2],
             bandwidth_mbps: t.bandwidth_mbps.unwrap_or(0),
@@ -943,6 +958,46 @@ mapped   = "100.64.2.0/24"
     fn plan_without_mappings_has_no_mapping_entries() {
         let plan = plan_of(EXAMPLE, &Existing::default());
         assert!(plan.ip_mappings.is_empty() && plan.port_mappings.is_empty());
+        // ... and no flag sends the datapath looking for any.
+        for t in plan.tunnels.values() {
+            assert_eq!(t.flags, tunnel_flags::ACTIVE);
+        }
+        for g in plan.gateways.values() {
+            assert_eq!(g.flags, gateway_flags::ACTIVE);
+        }
+    }
+
+    /// The datapath looks mappings up only where these flags say there
+    /// are some: they must follow the config exactly.
+    #[test]
+    fn mapping_flags_follow_the_config() {
+        let mut config = Config::parse(NAT, "t.toml").expect("valid");
+        let plan = build(&config, &netdev, &Existing::default()).expect("plan");
+        for t in plan.tunnels.values() {
+            assert_eq!(
+                t.flags,
+                tunnel_flags::ACTIVE | tunnel_flags::PEER_IP_MAPPINGS
+            );
+        }
+        let all =
+            gateway_flags::ACTIVE | gateway_flags::LOCAL_IP_MAPPINGS | gateway_flags::PORT_MAPPINGS;
+        assert_eq!(
+            plan.gateways.values().map(|g| g.flags).collect::<Vec<_>>(),
+            [all]
+        );
+        config.tunnels[1].peer_ip_mappings.clear();
+        config.gateways[0].local_ip_mappings.clear();
+        let plan = build(&config, &netdev, &Existing::default()).expect("plan");
+        let by_name = |vlan| plan.tunnel_by_vlan[&(11, vlan)].flags;
+        assert_eq!(
+            by_name(100),
+            tunnel_flags::ACTIVE | tunnel_flags::PEER_IP_MAPPINGS
+        );
+        assert_eq!(by_name(200), tunnel_flags::ACTIVE);
+        assert_eq!(
+            plan.gateways.values().map(|g| g.flags).collect::<Vec<_>>(),
+            [gateway_flags::ACTIVE | gateway_flags::PORT_MAPPINGS]
+        );
     }
 
     /// 100,000 peer mappings (the scale target) on one tunnel: each adds

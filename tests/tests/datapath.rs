@@ -457,3 +457,125 @@ fn thousands_of_random_frames_never_abort_and_every_drop_is_counted() {
         }
     }
 }
+
+// ---- destination cache ----
+//
+// The route and the kernel FIB's answer are cached per destination (see
+// gateway-ebpf/src/dest_cache.rs); these prove that the cache answers, and
+// that no change to routes, neighbours or MTU is missed.
+
+fn cache_stats(f: &Fixture) -> (u64, u64) {
+    let s = f.dp.dest_cache_stats().expect("destination cache stats");
+    (s.hits, s.misses)
+}
+
+#[test]
+fn the_destination_cache_answers_repeated_destinations() {
+    let mut f = Fixture::new(CONFIG);
+    let frame = udp_tagged(100, f.conn.mac, IDC_HOST, VPC_HOST, 64);
+    let expected = udp_untagged(f.vpc0.mac, VPC_HOST_MAC, IDC_HOST, VPC_HOST, 63);
+    let (h0, m0) = cache_stats(&f);
+    for _ in 0..10 {
+        let (action, out) = f.run_idc(&frame);
+        assert_eq!((action, &out), (XDP_REDIRECT, &expected));
+    }
+    let (h1, m1) = cache_stats(&f);
+    // One miss per CPU the test thread ran on, at most two here.
+    assert!(m1 - m0 >= 1 && m1 - m0 <= 2, "misses: {}", m1 - m0);
+    assert_eq!(
+        (h1 - h0) + (m1 - m0),
+        10,
+        "every packet probed the cache once"
+    );
+    assert_eq!(f.gateway(0).tx_packets, 10);
+}
+
+#[test]
+fn a_route_change_applies_to_the_very_next_packet() {
+    let mut f = Fixture::new(CONFIG);
+    f.learn_peer(100, PEER_IP, LOCAL_IP);
+    f.learn_peer(200, [169, 254, 200, 2], [169, 254, 200, 1]);
+    // 10.0.0.0/16 is announced on both tunnels but each belongs to its own
+    // gateway: VPC -> IDC from dcg-prod's port goes to VLAN 100.
+    let frame = udp_untagged(VPC_HOST_MAC, f.vpc0.mac, VPC_HOST, IDC_HOST, 64);
+    for _ in 0..3 {
+        let (action, out) = f.run_vpc(&frame);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(&out[14..16], &[0, 100], "VLAN 100");
+    }
+    // The route is withdrawn: the next packet is the node's (no route).
+    let withdrawn = CONFIG.replacen(
+        r#"routes = ["10.0.0.0/16"]"#,
+        r#"routes = ["10.9.0.0/16"]"#,
+        1,
+    );
+    f.reload(&withdrawn);
+    let (action, _) = f.run_vpc(&frame);
+    assert_eq!(action, XDP_PASS, "a cached route outlived the reload");
+    // And back, at once.
+    f.reload(CONFIG);
+    let (action, out) = f.run_vpc(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[14..16], &[0, 100]);
+    // IDC -> VPC: the VPC CIDR itself withdrawn.
+    let idc = udp_tagged(100, f.conn.mac, IDC_HOST, VPC_HOST, 64);
+    assert_eq!(f.run_idc(&idc).0, XDP_REDIRECT);
+    f.reload(&CONFIG.replacen("172.16.0.0/16", "172.18.0.0/16", 1));
+    assert_eq!(f.run_idc(&idc).0, XDP_DROP);
+    assert_eq!(f.tunnel(0).fate(Fate::NoRoute), 1);
+}
+
+#[test]
+fn a_vpc_neighbours_new_mac_is_followed_within_the_cache_age() {
+    let mut f = Fixture::new(CONFIG);
+    let frame = udp_tagged(100, f.conn.mac, IDC_HOST, VPC_HOST, 64);
+    let (_, out) = f.run_idc(&frame);
+    assert_eq!(&out[..6], &VPC_HOST_MAC);
+    let new_mac = [2, 0, 0, 0, 0xaa, 0x99];
+    f.ip(&[
+        "neigh",
+        "replace",
+        "172.16.0.10",
+        "lladdr",
+        "02:00:00:00:aa:99",
+        "dev",
+        "vpc0",
+        "nud",
+        "permanent",
+    ]);
+    let age = std::time::Duration::from_nanos(gateway_common::DEST_CACHE_MAX_AGE_NS);
+    std::thread::sleep(age + std::time::Duration::from_millis(50));
+    let (action, out) = f.run_idc(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        &out[..6],
+        &new_mac,
+        "the new MAC, once the cached answer aged out"
+    );
+    // A neighbour that disappears: the kernel resolves it again (slow path).
+    f.ip(&["neigh", "del", "172.16.0.10", "dev", "vpc0"]);
+    std::thread::sleep(age + std::time::Duration::from_millis(50));
+    assert_eq!(f.run_idc(&frame).0, XDP_PASS);
+    assert_eq!(f.tunnel(0).fate(Fate::KernelNeighMissing), 1);
+}
+
+#[test]
+fn a_packet_above_the_cached_mtu_still_gets_the_fibs_answer() {
+    let mut f = Fixture::new(CONFIG);
+    f.ip(&["link", "set", "vpc0", "mtu", "1400"]);
+    let small = udp_tagged(100, f.conn.mac, IDC_HOST, VPC_HOST, 64);
+    let mut big = Vec::new();
+    tagged(PEER_MAC, f.conn.mac, 100)
+        .ipv4(IDC_HOST, VPC_HOST, 64)
+        .udp(40000, 53)
+        .write(&mut big, &[0u8; 1400])
+        .unwrap();
+    assert_eq!(f.run_idc(&small).0, XDP_REDIRECT);
+    assert_eq!(f.run_idc(&small).0, XDP_REDIRECT);
+    // 1428 bytes of IPv4 for a 1400 MTU port: the FIB refuses it, cached
+    // or not.
+    assert_eq!(f.run_idc(&big).0, XDP_DROP);
+    assert_eq!(f.tunnel(0).fate(Fate::VpcUnreachable), 1);
+    assert_eq!(f.run_idc(&small).0, XDP_REDIRECT);
+    assert_eq!(f.gateway(0).tx_packets, 3);
+}

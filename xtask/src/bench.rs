@@ -54,6 +54,7 @@ const TABLES: &[&str] = &[
     "routes",
     "lookup: LPM trie",
     "lookup: ROUTES hash",
+    "lookup: destination cache + ROUTES hash",
     "nat",
     "tunnels",
 ];

@@ -21,6 +21,11 @@ mod packet;
 #[path = "../routes.rs"]
 mod routes;
 
+/// The gateway's destination cache in front of it, as the datapath uses it.
+#[allow(dead_code)]
+#[path = "../dest_cache.rs"]
+mod dest_cache;
+
 mod maps {
     use aya_ebpf::{
         bindings::BPF_F_NO_PREALLOC,
@@ -28,8 +33,8 @@ mod maps {
         macros::btf_map,
     };
     use gateway_common::{
-        limits::{MAX_GATEWAYS, MAX_ROUTES},
-        Route, RoutePrefixKey, RoutePrefixLens,
+        limits::{DEST_CACHE_SLOTS, MAX_GATEWAYS, MAX_ROUTES},
+        DestCacheEntry, DestCacheStats, Route, RoutePrefixKey, RoutePrefixLens,
     };
 
     /// Same type as the gateway's `ROUTES`.
@@ -44,6 +49,18 @@ mod maps {
     /// Same type as the gateway's `ROUTE_PREFIX_LENS`.
     #[btf_map]
     pub static ROUTE_PREFIX_LENS: Array<RoutePrefixLens, { MAX_GATEWAYS as usize }> = Array::new();
+
+    /// Same types as the gateway's destination cache maps.
+    #[btf_map]
+    pub static DEST_CACHE: aya_ebpf::btf_maps::PerCpuArray<
+        DestCacheEntry,
+        { DEST_CACHE_SLOTS as usize },
+    > = aya_ebpf::btf_maps::PerCpuArray::new();
+    #[btf_map]
+    pub static DEST_CACHE_GENERATION: Array<u32, 1> = Array::new();
+    #[btf_map]
+    pub static DEST_CACHE_STATS: aya_ebpf::btf_maps::PerCpuArray<DestCacheStats, 1> =
+        aya_ebpf::btf_maps::PerCpuArray::new();
 }
 
 use aya_ebpf::{
@@ -155,6 +172,20 @@ pub fn bench_route_hash(ctx: XdpContext) -> u32 {
     };
     // SAFETY: bounds checked by ptr_at.
     match routes::lookup(0, unsafe { *dst }) {
+        Some(_) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+/// The datapath's route lookup as the VPC -> IDC path does it: through the
+/// destination cache (ingress port 1), the hash behind it on a miss.
+#[xdp]
+pub fn bench_route_cached(ctx: XdpContext) -> u32 {
+    let Some(dst) = packet::ptr_at::<[u8; 4]>(&ctx, DST_OFFSET) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    match dest_cache::route(0, 1, unsafe { *dst }) {
         Some(_) => xdp_action::XDP_TX,
         None => xdp_action::XDP_DROP,
     }

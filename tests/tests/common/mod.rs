@@ -216,6 +216,22 @@ impl Fixture {
         assert_eq!(action, LOCAL_REPLY);
     }
 
+    /// Applies another config, as a reload does.
+    pub fn reload(&mut self, config: &str) {
+        let parsed = Config::parse(config, "fixture.toml").unwrap_or_else(|e| panic!("{e}"));
+        let existing = self.dp.existing().expect("existing");
+        let plan = plan::build(&parsed, &netdev::lookup, &existing).expect("plan");
+        self.dp.apply(&plan).expect("apply");
+        self.config = config.to_owned();
+    }
+
+    /// Runs `ip` inside the fixture's namespace.
+    pub fn ip(&self, args: &[&str]) {
+        let mut v = vec!["ip", "-n", self.ns.0.as_str()];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+
     /// Re-applies the config with the connection port's flags replaced.
     pub fn set_connection_port_flags(&mut self, flags: u16) {
         let config = Config::parse(&self.config, "fixture.toml").expect("fixture config");
