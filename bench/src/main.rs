@@ -42,6 +42,9 @@ struct Cli {
     command: String,
 }
 
+/// The CPU the per-packet and scale test runs are made on.
+const MEASURE_CPU: usize = 1;
+
 struct Plan {
     runs: u64,
     rounds: usize,
@@ -99,6 +102,10 @@ fn run(cli: &Cli) -> Result<()> {
         .unwrap_or(0);
 
     let part = |p: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == p);
+    // Test runs on one CPU: per-CPU state (counters, the destination
+    // cache) stays warm instead of being split over the CPUs the thread
+    // would wander between.
+    sys::pin_to_cpu(0, MEASURE_CPU)?;
     let costs = if part("costs") {
         eprintln!(
             "==> 1. per-packet cost ({} runs x {} rounds per path)",
@@ -117,6 +124,7 @@ fn run(cli: &Cli) -> Result<()> {
     } else {
         Default::default()
     };
+    sys::pin_to_cpu(0, MEASURE_CPU)?;
     eprintln!("==> 3. scale");
     let mut scale = Vec::new();
     if part("routes") {

@@ -34,6 +34,7 @@ pub mod map_names {
     pub const DEST_CACHE: &str = "DEST_CACHE";
     pub const DEST_CACHE_GENERATION: &str = "DEST_CACHE_GENERATION";
     pub const DEST_CACHE_STATS: &str = "DEST_CACHE_STATS";
+    pub const MAPPING_CACHE: &str = "MAPPING_CACHE";
     /// Every map the daemon pins, in one list.
     pub const ALL: &[&str] = &[
         PORTS,
@@ -55,6 +56,7 @@ pub mod map_names {
         DEST_CACHE,
         DEST_CACHE_GENERATION,
         DEST_CACHE_STATS,
+        MAPPING_CACHE,
     ];
 }
 
@@ -87,6 +89,8 @@ pub mod limits {
     /// 16k slots of 56 bytes: 896 KiB per CPU, room for the working set of
     /// a busy gateway's destinations without thrashing.
     pub const DEST_CACHE_SLOTS: u32 = 16_384;
+    /// Slots of the per-CPU IP mapping cache (direct-mapped, 20 bytes each).
+    pub const MAPPING_CACHE_SLOTS: u32 = 16_384;
 }
 
 /// What a port (an interface the program is attached to) is for.
@@ -431,6 +435,28 @@ pub struct DestCacheStats {
 }
 const _: () = assert!(core::mem::size_of::<DestCacheStats>() == 16);
 
+/// `MAPPING_CACHE` slot: the answer of one `IP_MAPPINGS` lookup (an LPM
+/// trie walk) for one address, per CPU, direct-mapped. Valid while
+/// `generation` equals `DEST_CACHE_GENERATION[0]` (bumped after every
+/// applied config: mappings change only then).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingCacheEntry {
+    /// Key: `mapping_kind::*`; 0 (no kind) in an empty slot.
+    pub kind: u8,
+    /// 1 when a mapping matched and `to` is the translation.
+    pub found: u8,
+    pub _pad: [u8; 2],
+    /// Key: tunnel or gateway id.
+    pub owner: u32,
+    /// Key: the address looked up (network order).
+    pub addr: [u8; 4],
+    pub generation: u32,
+    /// The translated address (network order).
+    pub to: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<MappingCacheEntry>() == 20);
+
 /// Which translation an `IP_MAPPINGS` entry performs. The kind is the first
 /// byte of the key, so one LPM trie holds all four tables.
 pub mod mapping_kind {
@@ -563,6 +589,7 @@ mod pod {
     unsafe impl aya::Pod for TokenBucket {}
     unsafe impl aya::Pod for DestCacheEntry {}
     unsafe impl aya::Pod for DestCacheStats {}
+    unsafe impl aya::Pod for MappingCacheEntry {}
 }
 const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());
 

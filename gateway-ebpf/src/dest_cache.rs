@@ -56,8 +56,9 @@ pub struct Slot {
     now: u64,
 }
 
+/// Murmur3 finaliser: spreads close keys over the whole u32 range.
 #[inline(always)]
-fn mix(mut h: u32) -> u32 {
+pub fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
@@ -87,10 +88,16 @@ fn count(hit: bool) {
     }
 }
 
+/// The current cache generation (`DEST_CACHE_GENERATION[0]`).
+#[inline(always)]
+pub fn generation() -> u32 {
+    DEST_CACHE_GENERATION.get(0).copied().unwrap_or(0)
+}
+
 /// Looks `key` up in its set.
 #[inline(always)]
 pub fn probe(key: &Key) -> Probe {
-    let generation = DEST_CACHE_GENERATION.get(0).copied().unwrap_or(0);
+    let generation = generation();
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let h = mix(u32::from_ne_bytes(key.dst)

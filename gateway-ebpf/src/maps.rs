@@ -8,8 +8,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    limits::*, Counters, DestCacheEntry, DestCacheStats, Gateway, IpMapping, MappingKey,
-    NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RoutePrefixKey,
+    limits::*, Counters, DestCacheEntry, DestCacheStats, Gateway, IpMapping, MappingCacheEntry,
+    MappingKey, NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RoutePrefixKey,
     RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey,
 };
 
@@ -96,11 +96,17 @@ pub static BANDWIDTH: Array<TokenBucket, { 2 * MAX_TUNNELS as usize }> = Array::
 pub static DEST_CACHE: PerCpuArray<DestCacheEntry, { DEST_CACHE_SLOTS as usize }> =
     PerCpuArray::new();
 
-/// Slot 0: the destination cache's generation, bumped by the daemon after
-/// every change it applies; slots of another generation are stale.
+/// Slot 0: the generation of the datapath's caches (`DEST_CACHE`,
+/// `MAPPING_CACHE`), bumped by the daemon after every change it applies
+/// and on kernel routing events; slots of another generation are stale.
 #[btf_map]
 pub static DEST_CACHE_GENERATION: Array<u32, 1> = Array::new();
 
 /// Slot 0, per CPU: destination cache hits and misses.
 #[btf_map]
 pub static DEST_CACHE_STATS: PerCpuArray<DestCacheStats, 1> = PerCpuArray::new();
+
+/// Per CPU: recent `IP_MAPPINGS` answers (see nat.rs); written only here.
+#[btf_map]
+pub static MAPPING_CACHE: PerCpuArray<MappingCacheEntry, { MAPPING_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();

@@ -16,14 +16,14 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use gateway_common::{
-    gateway_flags, mapping_kind, port_mapping_dir, tunnel_flags, Fate, Gateway, IpMapping,
-    MappingKey, PortMapping, PortMappingKey, Tunnel,
+    gateway_flags, limits::MAPPING_CACHE_SLOTS, mapping_kind, port_mapping_dir, tunnel_flags, Fate,
+    Gateway, IpMapping, MappingCacheEntry, MappingKey, PortMapping, PortMappingKey, Tunnel,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    csum,
-    maps::{IP_MAPPINGS, PORT_MAPPINGS},
+    csum, dest_cache,
+    maps::{IP_MAPPINGS, MAPPING_CACHE, PORT_MAPPINGS},
     packet::{ports, ptr_at, Ipv4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -31,13 +31,47 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
+/// The translation of `addr` by the `kind` mappings of `owner`, if one
+/// matches. The trie walk costs more than the rest of a NAT'd packet's
+/// translation, so its answers (matches and misses alike) are cached per
+/// CPU in `MAPPING_CACHE`, valid while the cache generation is unchanged:
+/// mappings change only when the daemon applies a config, which bumps it.
+/// The generation is read before the trie, so an answer racing a reload
+/// is stored as stale.
 #[inline(always)]
 fn ip_mapping(kind: u8, owner: u32, addr: [u8; 4]) -> Option<[u8; 4]> {
+    let generation = dest_cache::generation();
+    let h = dest_cache::mix(
+        u32::from_ne_bytes(addr) ^ owner.wrapping_mul(0x9e37_79b9) ^ ((kind as u32) << 27),
+    );
+    let slot = MAPPING_CACHE.get_ptr_mut(h & (MAPPING_CACHE_SLOTS - 1));
+    if let Some(p) = slot {
+        // SAFETY: per-CPU array slot, only this CPU uses it while we run.
+        let e = unsafe { &*p };
+        if e.kind == kind && e.owner == owner && e.addr == addr && e.generation == generation {
+            return (e.found != 0).then_some(e.to);
+        }
+    }
     let key = Key::new(
         MappingKey::SCOPE_BITS + 32,
         MappingKey::new(kind, owner, addr),
     );
-    IP_MAPPINGS.get(&key).map(|m: &IpMapping| m.apply(addr))
+    let found = IP_MAPPINGS.get(&key).map(|m: &IpMapping| m.apply(addr));
+    if let Some(p) = slot {
+        // SAFETY: as above.
+        unsafe {
+            *p = MappingCacheEntry {
+                kind,
+                found: found.is_some() as u8,
+                _pad: [0; 2],
+                owner,
+                addr,
+                generation,
+                to: found.unwrap_or([0; 4]),
+            }
+        };
+    }
+    found
 }
 
 #[inline(always)]

@@ -23,7 +23,7 @@ use crate::{
     ebpf, health, kernel_events, metrics, netdev,
     plan::{self, Plan},
     probe::Prober,
-    stats::{fates_of, DaemonStats, PortStats, Snapshot, TunnelStats},
+    stats::{fates_of, DaemonStats, DestCacheCounts, PortStats, Snapshot, TunnelStats},
 };
 
 #[derive(Clone, Debug)]
@@ -208,6 +208,13 @@ impl State {
             connections: port_stats(names::CONNECTION_COUNTERS, &self.plan.connection_meta)?,
             gateways: port_stats(names::GATEWAY_COUNTERS, &self.plan.gateway_meta)?,
             daemon: self.daemon_stats.clone(),
+            dest_cache: {
+                let c = self.dp.dest_cache_stats()?;
+                DestCacheCounts {
+                    hits: c.hits,
+                    misses: c.misses,
+                }
+            },
         })
     }
 

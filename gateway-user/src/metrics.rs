@@ -199,6 +199,17 @@ pub fn render(s: &Snapshot) -> Result<String> {
     reloads
         .get_or_create(&ResultLabel { result: "rejected" })
         .inc_by(s.daemon.reloads_rejected);
+    let cache = counter::<ResultLabel>(
+        &mut r,
+        "gatewayd_dest_cache_lookups",
+        "Destination cache lookups by result (a miss pays the route lookup and the kernel FIB)",
+    );
+    cache
+        .get_or_create(&ResultLabel { result: "hit" })
+        .inc_by(s.dest_cache.hits);
+    cache
+        .get_or_create(&ResultLabel { result: "miss" })
+        .inc_by(s.dest_cache.misses);
     let mut out = String::new();
     encode(&mut out, &r).context("encoding metrics")?;
     Ok(out)
@@ -351,6 +362,10 @@ mod tests {
                 reloads_applied: 2,
                 reloads_rejected: 1,
             },
+            dest_cache: crate::stats::DestCacheCounts {
+                hits: 90,
+                misses: 10,
+            },
         }
     }
 
@@ -367,6 +382,8 @@ mod tests {
             r#"gatewayd_tunnel_up{tunnel="dct-a-100",gateway="dcg-prod",connection="line-a",vlan="100"} 0"#,
             r#"gatewayd_tunnel_state_since_seconds{tunnel="dct-a-100",gateway="dcg-prod",connection="line-a",vlan="100"} 1700000000"#,
             r#"gatewayd_reloads_total{result="rejected"} 1"#,
+            r#"gatewayd_dest_cache_lookups_total{result="hit"} 90"#,
+            r#"gatewayd_dest_cache_lookups_total{result="miss"} 10"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -16,6 +16,17 @@ pub struct Snapshot {
     pub gateways: Vec<PortStats>,
     #[serde(default)]
     pub daemon: DaemonStats,
+    /// The datapath's destination cache, summed over CPUs.
+    #[serde(default)]
+    pub dest_cache: DestCacheCounts,
+}
+
+/// Destination cache lookups answered from the cache (hits) and by the
+/// route lookup and kernel FIB (misses) since the maps were created.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DestCacheCounts {
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// The daemon's own activity since it started.

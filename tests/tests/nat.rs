@@ -537,3 +537,68 @@ fn fragments_follow_the_documented_policy() {
     );
     assert_eq!(out, expected);
 }
+
+/// IP mapping answers are cached per CPU (nat.rs, `MAPPING_CACHE`): a
+/// mapping changed, added or removed by a reload applies to the very next
+/// packet, in both directions.
+#[test]
+fn a_mapping_changed_by_a_reload_applies_to_the_next_packet() {
+    let mut f = fixture();
+    let send = |f: &mut Fixture| {
+        idc_to_vpc(
+            f,
+            100,
+            ipv4(IDC_HOST, VPC_HOST, 64),
+            L4::Udp(40000, 9),
+            b"x",
+        )
+    };
+    let want = |f: &Fixture, src: [u8; 4]| {
+        to_vpc_expected(f, ipv4(src, VPC_HOST, 63), L4::Udp(40000, 9), b"x")
+    };
+    for _ in 0..3 {
+        let out = send(&mut f);
+        assert_eq!(out, want(&f, [100, 64, 1, 5]));
+    }
+    // Changed.
+    let moved = CONFIG.replacen(
+        "mapped = \"100.64.1.0/24\"",
+        "mapped = \"100.64.7.0/24\"",
+        1,
+    );
+    f.reload(&moved);
+    let out = send(&mut f);
+    assert_eq!(
+        out,
+        want(&f, [100, 64, 7, 5]),
+        "a cached mapping outlived the reload"
+    );
+    // The reverse direction follows the new mapping too.
+    let out = vpc_to_idc(
+        &mut f,
+        ipv4(VPC_HOST, [100, 64, 7, 5], 64),
+        L4::Udp(9, 40000),
+        b"r",
+    );
+    let back = to_idc_expected(
+        &f,
+        100,
+        ipv4(VPC_HOST, IDC_HOST, 63),
+        L4::Udp(9, 40000),
+        b"r",
+    );
+    assert_eq!(out, back);
+    // Removed: the tunnel has no mapping left, the source passes as is.
+    let start = moved
+        .find("[[tunnel.peer_ip_mapping]]")
+        .expect("first mapping");
+    let end = start + moved[start..].find("\n\n").expect("end of the table");
+    let removed = format!("{}{}", &moved[..start], &moved[end + 2..]);
+    f.reload(&removed);
+    let out = send(&mut f);
+    assert_eq!(out, want(&f, IDC_HOST));
+    // Added back.
+    f.reload(CONFIG);
+    let out = send(&mut f);
+    assert_eq!(out, want(&f, [100, 64, 1, 5]));
+}

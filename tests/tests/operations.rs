@@ -416,6 +416,26 @@ fn metrics_scrape_and_stats_watch_show_the_traffic() -> Result<()> {
         0
     );
     assert_eq!(sample(&text, "gatewayd_tunnel_peer_resolved", &labels), 1);
+    // 5 echo requests to one VPC host and 5 replies back: the destination
+    // cache answered most of them (each CPU misses a destination once, and
+    // the daemon's ticks may invalidate it on kernel events).
+    let hits = sample(
+        &text,
+        "gatewayd_dest_cache_lookups_total",
+        &["result=\"hit\""],
+    );
+    let misses = sample(
+        &text,
+        "gatewayd_dest_cache_lookups_total",
+        &["result=\"miss\""],
+    );
+    assert!(hits + misses >= 10, "hits {hits} misses {misses}");
+    assert!(hits >= 1, "hits {hits} misses {misses}");
+    assert_eq!(
+        num(&stats["dest_cache"]["hits"]) + num(&stats["dest_cache"]["misses"]),
+        hits + misses,
+        "stats --json and the scrape read the same counters"
+    );
     // Anything but GET /metrics is a 404.
     assert!(lab
         .gw
