@@ -1006,9 +1006,12 @@ mapped   = "100.64.1.0/24"
             assert_eq!(read.ip_mappings, plan2.ip_mappings);
             assert!(read.port_mappings.is_empty());
             assert_eq!(read.routes, plan2.routes);
-            // PEER_SRC value, PEER_DST key, the mapped route: written;
-            // old PEER_DST, old route, 4 port entries: removed.
-            assert_eq!((stats.changed, stats.removed), (3, 6), "{stats:?}");
+            // PEER_SRC value, PEER_DST key, the mapped route, the
+            // gateway (its PORT_MAPPINGS flag cleared): written; old
+            // PEER_DST, old route, 4 port entries: removed.
+            assert_eq!((stats.changed, stats.removed), (4, 6), "{stats:?}");
+            let gateway = read.gateways.values().next().expect("the gateway");
+            assert_eq!(gateway.flags & gateway_flags::PORT_MAPPINGS, 0);
             let again = dp.apply(&plan2).expect("apply unchanged");
             assert_eq!((again.changed, again.removed), (0, 0));
 
