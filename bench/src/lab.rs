@@ -353,7 +353,51 @@ mapped = "100.64.1.0/24"
     )
 }
 
+/// The lab `rounds` times over, each round measuring (a), (b), (c), (d)
+/// once in turn, so a slow spell of this shared machine hits all four
+/// alike rather than one forwarder's every run; each forwarder's best
+/// valid round is kept.
 pub fn run(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
+    let mut best: Vec<LabRate> = Vec::new();
+    let mut notes = Vec::new();
+    for round in 0..rounds.max(1) {
+        eprintln!("  lab round {}/{}", round + 1, rounds.max(1));
+        let (rates, n) = run_once(frames, 1)?;
+        notes = n;
+        for r in rates {
+            match best.iter_mut().find(|b| b.key == r.key) {
+                None => best.push(r),
+                Some(b) => {
+                    let better = match (b.valid, r.valid) {
+                        (false, true) => true,
+                        (true, false) => false,
+                        _ => r.mpps > b.mpps,
+                    };
+                    if better {
+                        *b = r;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(a) = best.first().map(|r| r.mpps) {
+        for r in &mut best {
+            r.vs_line_rate = r.mpps / a;
+        }
+    }
+    if let Some(first) = notes.first_mut() {
+        *first = first.replace(
+            &format!("best of {} runs", 1),
+            &format!(
+                "{} rounds, each running (a), (b), (c) and (d) once in turn, best round of each",
+                rounds.max(1)
+            ),
+        );
+    }
+    Ok((best, notes))
+}
+
+fn run_once(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
     let lab = Lab::build()?;
     let sink = Sink::attach(&lab)?;
     let mut gen = BenchProgram::load("bench_generator")?;

@@ -88,7 +88,7 @@ fn run(cli: &Cli) -> Result<()> {
             runs: 20_000,
             rounds: 5,
             lab_frames: 4_000_000,
-            lab_rounds: 3,
+            lab_rounds: 5,
             routes: vec![100, 1_000, 10_000, 100_000, 1_000_000],
             nat: vec![1, 100, 1_000, 10_000, 100_000],
             tunnels: vec![1, 16, 256, 1_024, 4_094],

@@ -159,7 +159,7 @@ fn pick_member(group: &NexthopGroup, hash: u32) -> Option<u32> {
     for i in 0..MAX_NEXTHOPS {
         if live & (1 << i) != 0 {
             let id = group.tunnels[i];
-            let weight = mix(hash ^ id.wrapping_mul(0x9e37_79b9));
+            let weight = dest_cache::mix(hash ^ id.wrapping_mul(0x9e37_79b9));
             if chosen.is_none() || weight > best {
                 best = weight;
                 chosen = Some(id);
@@ -167,16 +167,6 @@ fn pick_member(group: &NexthopGroup, hash: u32) -> Option<u32> {
         }
     }
     chosen
-}
-
-/// Murmur3 finaliser: spreads close inputs over the whole u32 range.
-#[inline(always)]
-fn mix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
 }
 
 /// Hash of the flow's 5-tuple (addresses and protocol only for fragments
@@ -192,5 +182,5 @@ fn flow_hash(ctx: &XdpContext, ip: &Ipv4) -> u32 {
             h ^= u32::from_be_bytes([sport[0], sport[1], dport[0], dport[1]]);
         }
     }
-    mix(h)
+    dest_cache::mix(h)
 }
