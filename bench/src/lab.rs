@@ -283,13 +283,6 @@ fn measure(
     })
 }
 
-/// The best of `rounds` runs (by delivered rate).
-fn best(runs: Vec<Run>) -> Run {
-    runs.into_iter()
-        .max_by(|a, b| a.mpps.total_cmp(&b.mpps))
-        .expect("at least one round")
-}
-
 fn rate(key: &str, name: &str, r: &Run, why: Option<String>) -> LabRate {
     LabRate {
         key: key.into(),
@@ -358,11 +351,12 @@ mapped = "100.64.1.0/24"
 /// alike rather than one forwarder's every run; each forwarder's best
 /// valid round is kept.
 pub fn run(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
+    let rounds = rounds.max(1);
     let mut best: Vec<LabRate> = Vec::new();
     let mut notes = Vec::new();
-    for round in 0..rounds.max(1) {
-        eprintln!("  lab round {}/{}", round + 1, rounds.max(1));
-        let (rates, n) = run_once(frames, 1)?;
+    for round in 0..rounds {
+        eprintln!("  lab round {}/{rounds}", round + 1);
+        let (rates, n) = run_once(frames)?;
         notes = n;
         for r in rates {
             match best.iter_mut().find(|b| b.key == r.key) {
@@ -386,18 +380,13 @@ pub fn run(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
         }
     }
     if let Some(first) = notes.first_mut() {
-        *first = first.replace(
-            &format!("best of {} runs", 1),
-            &format!(
-                "{} rounds, each running (a), (b), (c) and (d) once in turn, best round of each",
-                rounds.max(1)
-            ),
-        );
+        *first = format!("{first} {rounds} rounds, each running (a), (b), (c) and (d) once in turn; the best round of each is shown.");
     }
     Ok((best, notes))
 }
 
-fn run_once(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
+/// One measurement of each forwarder, (a) to (d), on a fresh lab.
+fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
     let lab = Lab::build()?;
     let sink = Sink::attach(&lab)?;
     let mut gen = BenchProgram::load("bench_generator")?;
@@ -429,10 +418,7 @@ fn run_once(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
             .attach_to_if_index(in_ifindex, XdpMode::Driver)?;
         let fd = fwd.prog()?.fd()?.as_fd().as_raw_fd();
         drop(_in);
-        let runs = (0..rounds)
-            .map(|_| measure(&lab, &mut gen, &sink, &tagged, frames, Some(fd)))
-            .collect::<Result<Vec<_>>>()?;
-        let r = best(runs);
+        let r = measure(&lab, &mut gen, &sink, &tagged, frames, Some(fd))?;
         let why = delivered_ok(&r, tagged.len());
         out.push(rate("a", "MAC swap + redirect (XDP, trivial)", &r, why));
         let prog: &mut Xdp = fwd.prog()?;
@@ -459,11 +445,8 @@ fn run_once(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
             let fd = dp.program_raw_fd()?;
             let snap = |dp: &Datapath| -> Result<Snapshot> { Snapshot::read(dp, 1) };
             let before = snap(&dp)?;
-            let runs = (0..rounds)
-                .map(|_| measure(&lab, &mut gen, &sink, &tagged, frames, Some(fd)))
-                .collect::<Result<Vec<_>>>()?;
+            let r = measure(&lab, &mut gen, &sink, &tagged, frames, Some(fd))?;
             let after = snap(&dp)?;
-            let r = best(runs);
             let mut why = delivered_ok(&r, tagged.len() - 4);
             // Every frame the gateway saw took the NAT path and was sent on.
             let delta = before.delta(&after);
@@ -511,10 +494,7 @@ fn run_once(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
     ];
     for (key, name, script) in kernel {
         lab.nft(&format!("flush ruleset\n{script}"))?;
-        let runs = (0..rounds)
-            .map(|_| measure(&lab, &mut gen, &sink, &untagged, frames, None))
-            .collect::<Result<Vec<_>>>()?;
-        let r = best(runs);
+        let r = measure(&lab, &mut gen, &sink, &untagged, frames, None)?;
         let mut why = delivered_ok(&r, untagged.len());
         let natted = lab.nft_nat_packets()?;
         // Stateless: the rule rewrites every packet. Conntrack: the rule
@@ -530,13 +510,8 @@ fn run_once(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
     }
     lab.nft("flush ruleset\n")?;
 
-    if let Some(a) = out.first().map(|r| r.mpps) {
-        for r in &mut out {
-            r.vs_line_rate = r.mpps / a;
-        }
-    }
     let notes = vec![
-        format!("Generator: `bench_generator` (XDP_TX) run with BPF_F_TEST_XDP_LIVE_FRAMES, {frames} 60-byte frames per run, best of {rounds} runs, pinned to CPU {GEN_CPU}; the forwarder's receive NAPI is threaded and pinned to CPU {FWD_CPU}; the sink (XDP_DROP counter) runs on the forwarder's CPU too, for every forwarder alike. Delivered Mpps = frames counted at the sink / generator wall time. Forwarding CPU ns/packet = busy time of CPU {FWD_CPU} (/proc/stat) / frames delivered; XDP program ns/packet = run_time_ns / run_cnt from bpf_stats."),
+        format!("Generator: `bench_generator` (XDP_TX) run with BPF_F_TEST_XDP_LIVE_FRAMES, {frames} 60-byte frames per run, pinned to CPU {GEN_CPU}; the forwarder's receive NAPI is threaded and pinned to CPU {FWD_CPU}; the sink (XDP_DROP counter) runs on the forwarder's CPU too, for every forwarder alike. Delivered Mpps = frames counted at the sink / generator wall time. Forwarding CPU ns/packet = busy time of CPU {FWD_CPU} (/proc/stat) / frames delivered; XDP program ns/packet = run_time_ns / run_cnt from bpf_stats."),
         "(a) and (b) receive 802.1Q-tagged frames (VLAN 101); (c) and (d) receive the same traffic untagged: this kernel has no 8021q module, so the kernel cannot terminate the VLAN. (b) maps the source 10.1.0.5 to 100.64.1.5 (peer IP mapping 10.1.0.0/24 -> 100.64.1.0/24) and removes the tag; (c) and (d) rewrite the same source with nftables.".into(),
         "The generator itself tops out at the offered rate; a forwarder that keeps up delivers the offered rate, so (a) is this lab's line rate, not the NIC's.".into(),
     ];

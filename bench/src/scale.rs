@@ -203,7 +203,6 @@ pub fn route_lookup(
     let mut trie_points = Vec::new();
     let mut hash_points = Vec::new();
     let mut cached_points = Vec::new();
-    let mut cache_hit_rates = Vec::new();
     for &n in sizes {
         let mut b = BenchProgram::load_with(
             "bench_route_trie",
@@ -316,7 +315,7 @@ pub fn route_lookup(
                 total_memlock_bytes: mem,
                 valid: valid[i],
                 why_invalid: (!valid[i]).then(|| "a destination inside a route found none".into()),
-                cache_hit_rate: None,
+                cache_hit_rate: (i == 2).then_some(hit_rate),
             });
         }
         eprintln!(
@@ -326,33 +325,21 @@ pub fn route_lookup(
             best[2],
             hit_rate * 100.0
         );
-        cache_hit_rates.push((n, hit_rate));
     }
     let mut out = ratios(trie_points);
     out.extend(ratios(hash_points));
-    let mut cached = ratios(cached_points);
-    for p in &mut cached {
-        if let Some((_, rate)) = cache_hit_rates.iter().find(|(n, _)| *n == p.size) {
-            p.cache_hit_rate = Some(*rate);
-        }
-    }
-    out.extend(cached);
+    out.extend(ratios(cached_points));
     Ok(out)
 }
 
 /// Destination cache (hits, misses) of a bench object, summed over CPUs.
 fn dest_cache_stats(b: &BenchProgram) -> Result<(u64, u64)> {
-    use aya::maps::PerCpuArray;
-    use gateway_common::DestCacheStats;
-    let stats: PerCpuArray<_, DestCacheStats> = PerCpuArray::try_from(
-        b.ebpf
-            .map(names::DEST_CACHE_STATS)
-            .context("DEST_CACHE_STATS")?,
-    )?;
-    let per_cpu = stats.get(&0, 0)?;
-    Ok(per_cpu
-        .iter()
-        .fold((0, 0), |(h, m), s| (h + s.hits, m + s.misses)))
+    let map = b
+        .ebpf
+        .map(names::DEST_CACHE_STATS)
+        .context("DEST_CACHE_STATS")?;
+    let s = gateway_user::datapath::read_dest_cache_stats(map)?;
+    Ok((s.hits, s.misses))
 }
 
 /// The maps a route table lives in.

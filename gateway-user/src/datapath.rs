@@ -783,15 +783,7 @@ impl Datapath {
         if !self.has_map(names::DEST_CACHE_STATS) {
             return Ok(DestCacheStats::default());
         }
-        let stats: PerCpuArray<_, DestCacheStats> =
-            PerCpuArray::try_from(self.map(names::DEST_CACHE_STATS)?)?;
-        Ok(stats
-            .get(&0, 0)?
-            .iter()
-            .fold(DestCacheStats::default(), |sum, s| DestCacheStats {
-                hits: sum.hits + s.hits,
-                misses: sum.misses + s.misses,
-            }))
+        read_dest_cache_stats(self.map(names::DEST_CACHE_STATS)?)
     }
 
     /// `TUNNEL_HEALTH` of the given tunnel ids: the `down_reason` bits (0 =
@@ -851,6 +843,19 @@ fn removals<K: Ord, V, W>(
 }
 
 /// Sums a per-CPU counter array's slots over CPUs.
+/// `DEST_CACHE_STATS[0]` summed over CPUs (the daemon's maps or a bench
+/// object's copy).
+pub fn read_dest_cache_stats(map: &aya::maps::Map) -> Result<DestCacheStats> {
+    let stats: PerCpuArray<&MapData, DestCacheStats> = PerCpuArray::try_from(map)?;
+    Ok(stats
+        .get(&0, 0)?
+        .iter()
+        .fold(DestCacheStats::default(), |sum, s| DestCacheStats {
+            hits: sum.hits + s.hits,
+            misses: sum.misses + s.misses,
+        }))
+}
+
 pub fn read_counters(
     map: &aya::maps::Map,
     ids: impl Iterator<Item = u32>,

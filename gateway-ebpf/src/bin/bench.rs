@@ -29,7 +29,7 @@ mod dest_cache;
 mod maps {
     use aya_ebpf::{
         bindings::BPF_F_NO_PREALLOC,
-        btf_maps::{Array, HashMap},
+        btf_maps::{Array, HashMap, PerCpuArray},
         macros::btf_map,
     };
     use gateway_common::{
@@ -52,15 +52,12 @@ mod maps {
 
     /// Same types as the gateway's destination cache maps.
     #[btf_map]
-    pub static DEST_CACHE: aya_ebpf::btf_maps::PerCpuArray<
-        DestCacheEntry,
-        { DEST_CACHE_SLOTS as usize },
-    > = aya_ebpf::btf_maps::PerCpuArray::new();
+    pub static DEST_CACHE: PerCpuArray<DestCacheEntry, { DEST_CACHE_SLOTS as usize }> =
+        PerCpuArray::new();
     #[btf_map]
     pub static DEST_CACHE_GENERATION: Array<u32, 1> = Array::new();
     #[btf_map]
-    pub static DEST_CACHE_STATS: aya_ebpf::btf_maps::PerCpuArray<DestCacheStats, 1> =
-        aya_ebpf::btf_maps::PerCpuArray::new();
+    pub static DEST_CACHE_STATS: PerCpuArray<DestCacheStats, 1> = PerCpuArray::new();
 }
 
 use aya_ebpf::{
