@@ -246,6 +246,31 @@ impl TwoLineLab {
         })
     }
 
+    /// Both tunnels' counters once they have stopped moving (unchanged
+    /// over 200 ms, at most 3 s): frames still queued in a veth ring on a
+    /// busy machine are counted before a test compares totals.
+    pub fn settled(&self) -> Result<(LineCounters, LineCounters)> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut last = (self.tunnel("dct-a")?, self.tunnel("dct-b")?);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = (self.tunnel("dct-a")?, self.tunnel("dct-b")?);
+            let moved = now.0.tx_bytes != last.0.tx_bytes || now.1.tx_bytes != last.1.tx_bytes;
+            last = now;
+            if !moved || Instant::now() > deadline {
+                return Ok(last);
+            }
+        }
+    }
+
+    /// Both tunnels' full `stats --json` entries, for failure messages.
+    pub fn tunnels_json(&self) -> String {
+        match self.stats_json() {
+            Ok(s) => serde_json::to_string_pretty(&s["tunnels"]).unwrap_or_default(),
+            Err(e) => format!("(stats unavailable: {e:#})"),
+        }
+    }
+
     /// Waits until tunnel `name` is in `state` ("up"/"down").
     pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Result<LineCounters> {
         let deadline = Instant::now() + timeout;

@@ -41,7 +41,7 @@ fn a_hundred_flows_spread_over_two_equal_lines() -> Result<()> {
         duration: Duration::from_secs(2),
     };
     let (report, ()) = flows.run(&lab, |_| Ok(()))?;
-    let (a1, b1) = (lab.tunnel("dct-a")?, lab.tunnel("dct-b")?);
+    let (a1, b1) = lab.settled()?;
     let (a, b) = (
         a1.data_tx_packets - a0.data_tx_packets,
         b1.data_tx_packets - b0.data_tx_packets,
@@ -51,7 +51,12 @@ fn a_hundred_flows_spread_over_two_equal_lines() -> Result<()> {
         "sent {} received {received}: line A {a}, line B {b}",
         report.sent
     );
-    assert_eq!(a + b, report.sent, "every packet left on one of the lines");
+    assert_eq!(
+        a + b,
+        report.sent,
+        "every packet left on one of the lines; tunnels:\n{}",
+        lab.tunnels_json()
+    );
     assert_eq!(received, report.sent, "every packet arrived");
     assert_eq!(report.traces.len(), 100);
     let half = report.sent as f64 / 2.0;
@@ -178,22 +183,35 @@ fn the_standby_line_carries_nothing_while_the_primary_is_healthy() -> Result<()>
         duration: Duration::from_secs(1),
     };
     let (report, ()) = flows.run(&lab, |_| Ok(()))?;
-    let (a1, b1) = (lab.tunnel("dct-a")?, lab.tunnel("dct-b")?);
+    let (a1, b1) = lab.settled()?;
     assert_eq!(
-        b1.data_tx_packets - b0.data_tx_packets,
-        0,
-        "standby carried"
+        (
+            a1.data_tx_packets - a0.data_tx_packets,
+            b1.data_tx_packets - b0.data_tx_packets
+        ),
+        (report.sent, 0),
+        "(primary, standby) carried; tunnels:\n{}",
+        lab.tunnels_json()
     );
-    assert_eq!(a1.data_tx_packets - a0.data_tx_packets, report.sent);
 
     // The primary fails: the standby takes everything.
     lab.set_link_a(false)?;
     lab.wait_state("dct-a", "down", Duration::from_secs(2))?;
     let (report, ()) = flows.run(&lab, |_| Ok(()))?;
-    let b2 = lab.tunnel("dct-b")?;
-    assert_eq!(b2.data_tx_packets - b1.data_tx_packets, report.sent);
+    let (a2, b2) = lab.settled()?;
     let received: u64 = report.traces.values().map(|t| t.received).sum();
-    assert_eq!(received, report.sent);
+    assert_eq!(
+        (
+            a2.data_tx_packets - a1.data_tx_packets,
+            b2.data_tx_packets - b1.data_tx_packets,
+            received
+        ),
+        (0, report.sent, report.sent),
+        "(failed primary, standby) carried and received of {} sent; tunnels:\n{}\n{}",
+        report.sent,
+        lab.tunnels_json(),
+        lab.log()
+    );
     lab.stop_daemon()
 }
 
