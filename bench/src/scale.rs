@@ -338,7 +338,7 @@ fn dest_cache_stats(b: &BenchProgram) -> Result<(u64, u64)> {
         .ebpf
         .map(names::DEST_CACHE_STATS)
         .context("DEST_CACHE_STATS")?;
-    let s = gateway_user::datapath::read_dest_cache_stats(map)?;
+    let s = gateway_user::datapath::read_cache_stats(map)?;
     Ok((s.hits, s.misses))
 }
 

@@ -35,6 +35,8 @@ pub mod map_names {
     pub const DEST_CACHE_GENERATION: &str = "DEST_CACHE_GENERATION";
     pub const DEST_CACHE_STATS: &str = "DEST_CACHE_STATS";
     pub const MAPPING_CACHE: &str = "MAPPING_CACHE";
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    pub const FLOW_CACHE_STATS: &str = "FLOW_CACHE_STATS";
     /// Every map the daemon pins, in one list.
     pub const ALL: &[&str] = &[
         PORTS,
@@ -57,6 +59,8 @@ pub mod map_names {
         DEST_CACHE_GENERATION,
         DEST_CACHE_STATS,
         MAPPING_CACHE,
+        FLOW_CACHE,
+        FLOW_CACHE_STATS,
     ];
 }
 
@@ -91,6 +95,9 @@ pub mod limits {
     pub const DEST_CACHE_SLOTS: u32 = 16_384;
     /// Slots of the per-CPU IP mapping cache (direct-mapped, 20 bytes each).
     pub const MAPPING_CACHE_SLOTS: u32 = 16_384;
+    /// Slots of the per-CPU flow cache (two-way). 16k slots of 96 bytes:
+    /// 1.5 MiB per CPU.
+    pub const FLOW_CACHE_SLOTS: u32 = 16_384;
 }
 
 /// What a port (an interface the program is attached to) is for.
@@ -426,7 +433,79 @@ const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 56);
 /// neighbour's changed MAC can go unnoticed when it does not.
 pub const DEST_CACHE_MAX_AGE_NS: u64 = 1_000_000_000;
 
-/// `DEST_CACHE_STATS[0]` (per CPU): how the destination cache does.
+/// `FLOW_CACHE` slot: everything the datapath did to one flow's packet
+/// (TCP or UDP, 5-tuple, ingress port and VLAN), so the flow's next packets
+/// take the fast path in `gateway-ebpf/src/flow_cache.rs`: one probe, then
+/// the same rewrite, counters and redirect, byte for byte, as the full
+/// pipeline gave the packet that filled the slot. Per CPU, two-way set
+/// associative, filled by the full pipeline when it forwards a packet.
+///
+/// Valid while `generation` equals `DEST_CACHE_GENERATION[0]` (bumped by
+/// the daemon after every applied config, every line health change and on
+/// kernel neighbour/route/link events) and for `DEST_CACHE_MAX_AGE_NS`
+/// after `stamp`. The first 24 bytes (key and generation) are compared as
+/// three u64 words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    /// Key: the ingress port.
+    pub ifindex: u32,
+    /// Key: addresses and ports as received (network order).
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ports: [u8; 4],
+    /// Key: the VLAN id, or `FLOW_UNTAGGED`.
+    pub vlan: u16,
+    /// Key: IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    /// Key: `flow_dir::*`; 0 in an empty slot.
+    pub dir: u8,
+    pub generation: u32,
+    /// `bpf_ktime_get_coarse_ns()` when filled.
+    pub stamp: u64,
+    /// The destination MAC the frame must carry (the port's own).
+    pub in_dmac: [u8; 6],
+    /// IDC -> VPC: the source MAC the frame must carry (the learned peer;
+    /// another one takes the full pipeline, which learns it).
+    pub in_smac: [u8; 6],
+    /// Largest IPv4 packet (tot_len) the fast path forwards.
+    pub mtu: u16,
+    /// VPC -> IDC: the 802.1Q VLAN id pushed.
+    pub out_vlan: u16,
+    /// The translated addresses and ports.
+    pub new_src: [u8; 4],
+    pub new_dst: [u8; 4],
+    pub new_ports: [u8; 4],
+    /// One's complement sums added to the IPv4 header checksum (addresses
+    /// and the TTL decrement) and to the TCP/UDP checksum (addresses and
+    /// ports) (RFC 1624).
+    pub l3_delta: u16,
+    pub l4_delta: u16,
+    pub out_dmac: [u8; 6],
+    pub out_smac: [u8; 6],
+    pub out_ifindex: u32,
+    /// Counted as in the full pipeline.
+    pub tunnel_id: u32,
+    pub gateway_id: u32,
+    pub connection_id: u32,
+    /// The tunnel's cap (0: none), enforced on the fast path too.
+    pub bandwidth_mbps: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 96);
+
+/// `FlowCacheEntry::vlan` of a frame received untagged (on a VPC port).
+pub const FLOW_UNTAGGED: u16 = 0xffff;
+
+/// `FlowCacheEntry::dir`.
+pub mod flow_dir {
+    /// Received tagged on a connection, forwarded untagged into a VPC.
+    pub const TO_VPC: u8 = 1;
+    /// Received on a VPC port, forwarded tagged to the IDC.
+    pub const TO_IDC: u8 = 2;
+}
+
+/// `DEST_CACHE_STATS[0]` and `FLOW_CACHE_STATS[0]` (per CPU): how the
+/// destination cache and the flow cache do.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DestCacheStats {
@@ -590,6 +669,7 @@ mod pod {
     unsafe impl aya::Pod for DestCacheEntry {}
     unsafe impl aya::Pod for DestCacheStats {}
     unsafe impl aya::Pod for MappingCacheEntry {}
+    unsafe impl aya::Pod for FlowCacheEntry {}
 }
 const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());
 

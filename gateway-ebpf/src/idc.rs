@@ -17,6 +17,7 @@ use network_types::{eth::EthHdr, vlan::VlanHdr};
 use crate::{
     counters::{self, Owner},
     dest_cache::{self, Neighbour, Probe},
+    flow_cache::{self, Outcome},
     forward::{self, VpcNeighbour, DROP, PASS},
     local,
     maps::{GATEWAYS, TUNNEL_BY_VLAN},
@@ -115,6 +116,23 @@ fn ipv4(
     match neighbour {
         VpcNeighbour::Resolved(n) if n.ifindex == gateway.vpc_ifindex => {
             forward::decrement_ttl(&ip);
+            flow_cache::record(
+                ctx,
+                &ip,
+                &Outcome {
+                    in_dmac: dst_mac,
+                    in_smac: src_mac,
+                    mtu: n.mtu,
+                    out_vlan: 0,
+                    out_dmac: n.dmac,
+                    out_smac: n.smac,
+                    out_ifindex: n.ifindex,
+                    tunnel_id: tunnel.id,
+                    gateway_id: tunnel.gateway_id,
+                    connection_id: port.id,
+                    bandwidth_mbps: tunnel.bandwidth_mbps,
+                },
+            );
             if !forward::pop_vlan(ctx, n.dmac, n.smac) {
                 counters::fate(owner, Fate::Malformed);
                 return DROP;

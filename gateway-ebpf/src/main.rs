@@ -10,6 +10,7 @@
 mod counters;
 mod csum;
 mod dest_cache;
+mod flow_cache;
 mod forward;
 mod idc;
 mod local;
@@ -27,6 +28,11 @@ use crate::counters::Owner;
 
 #[xdp]
 pub fn gateway(ctx: XdpContext) -> u32 {
+    // A packet of a flow the pipeline below has forwarded before takes the
+    // fast path; every other one the pipeline, which records what it did.
+    if let flow_cache::Lookup::Done(action) = flow_cache::lookup(&ctx) {
+        return action;
+    }
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is copied out before any other map operation.
     let port = unsafe { maps::PORTS.get(ifindex) }.copied();

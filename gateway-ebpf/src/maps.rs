@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gateway_common::{
-    limits::*, Counters, DestCacheEntry, DestCacheStats, Gateway, IpMapping, MappingCacheEntry,
-    MappingKey, NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route, RoutePrefixKey,
-    RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey,
+    limits::*, Counters, DestCacheEntry, DestCacheStats, FlowCacheEntry, Gateway, IpMapping,
+    MappingCacheEntry, MappingKey, NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey,
+    Route, RoutePrefixKey, RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey,
 };
 
 /// ifindex -> what the port is (connection trunk or VPC port) and its MAC.
@@ -110,3 +110,14 @@ pub static DEST_CACHE_STATS: PerCpuArray<DestCacheStats, 1> = PerCpuArray::new()
 #[btf_map]
 pub static MAPPING_CACHE: PerCpuArray<MappingCacheEntry, { MAPPING_CACHE_SLOTS as usize }> =
     PerCpuArray::new();
+
+/// Per CPU: recent flows and what the datapath did to them (see
+/// flow_cache.rs); written only here.
+#[btf_map]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry, { FLOW_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// Slot 0, per CPU: flow cache hits and misses (TCP/UDP frames only: the
+/// others never take the fast path).
+#[btf_map]
+pub static FLOW_CACHE_STATS: PerCpuArray<DestCacheStats, 1> = PerCpuArray::new();

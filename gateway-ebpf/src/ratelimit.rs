@@ -40,11 +40,18 @@ const MIN_BURST_BYTES: u64 = 2 * 9216;
 /// (`bandwidth_dir::*`). False: over the cap, drop the frame.
 #[inline(always)]
 pub fn allow(tunnel: &Tunnel, dir: u32, bytes: usize) -> bool {
-    let rate = tunnel.bandwidth_mbps as u64;
-    if rate == 0 || tunnel.id >= MAX_TUNNELS {
+    allow_capped(tunnel.id, tunnel.bandwidth_mbps, dir, bytes)
+}
+
+/// `allow` for tunnel `id` with cap `bandwidth_mbps` (0: none), as the
+/// flow cache holds them.
+#[inline(always)]
+pub fn allow_capped(id: u32, bandwidth_mbps: u32, dir: u32, bytes: usize) -> bool {
+    let rate = bandwidth_mbps as u64;
+    if rate == 0 || id >= MAX_TUNNELS {
         return true;
     }
-    let Some(bucket) = BANDWIDTH.get_ptr_mut(2 * tunnel.id + (dir & 1)) else {
+    let Some(bucket) = BANDWIDTH.get_ptr_mut(2 * id + (dir & 1)) else {
         return true;
     };
     // SAFETY: a pointer into a map value, valid while the program runs.

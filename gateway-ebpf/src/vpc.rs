@@ -14,6 +14,7 @@ use network_types::eth::EthHdr;
 use crate::{
     counters::{self, Owner},
     dest_cache,
+    flow_cache::{self, Outcome},
     forward::{self, DROP, PASS},
     maps::{GATEWAYS, NEXTHOP_GROUPS, PEER_NEIGH, TUNNELS, TUNNEL_HEALTH},
     nat,
@@ -106,6 +107,23 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
         return DROP;
     }
     forward::decrement_ttl(&ip);
+    flow_cache::record(
+        ctx,
+        &ip,
+        &Outcome {
+            in_dmac: port.mac,
+            in_smac: [0; 6],
+            mtu: u16::MAX,
+            out_vlan: tunnel.vlan,
+            out_dmac: peer,
+            out_smac: tunnel.connection_mac,
+            out_ifindex: tunnel.connection_ifindex,
+            tunnel_id: tunnel.id,
+            gateway_id: port.id,
+            connection_id: tunnel.connection_id,
+            bandwidth_mbps: tunnel.bandwidth_mbps,
+        },
+    );
     if !forward::push_vlan(ctx, tunnel.vlan, peer, tunnel.connection_mac) {
         counters::fate(owner, Fate::Malformed);
         return DROP;

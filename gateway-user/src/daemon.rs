@@ -215,6 +215,13 @@ impl State {
                     misses: c.misses,
                 }
             },
+            flow_cache: {
+                let c = self.dp.flow_cache_stats()?;
+                DestCacheCounts {
+                    hits: c.hits,
+                    misses: c.misses,
+                }
+            },
         })
     }
 

@@ -783,7 +783,16 @@ impl Datapath {
         if !self.has_map(names::DEST_CACHE_STATS) {
             return Ok(DestCacheStats::default());
         }
-        read_dest_cache_stats(self.map(names::DEST_CACHE_STATS)?)
+        read_cache_stats(self.map(names::DEST_CACHE_STATS)?)
+    }
+
+    /// Flow cache hits and misses, summed over CPUs (zeros for an object
+    /// without the cache).
+    pub fn flow_cache_stats(&self) -> Result<DestCacheStats> {
+        if !self.has_map(names::FLOW_CACHE_STATS) {
+            return Ok(DestCacheStats::default());
+        }
+        read_cache_stats(self.map(names::FLOW_CACHE_STATS)?)
     }
 
     /// `TUNNEL_HEALTH` of the given tunnel ids: the `down_reason` bits (0 =
@@ -798,13 +807,16 @@ impl Datapath {
     }
 
     /// Marks a tunnel up (`down == 0`) or down: one aligned 4-byte write,
-    /// seen at once by every next-hop group holding the tunnel.
+    /// seen at once by every next-hop group holding the tunnel, then a new
+    /// cache generation, so no cached flow keeps the old choice.
     pub fn set_tunnel_health(&mut self, id: u32, down: u32) -> Result<()> {
         let mut health: Array<_, TunnelHealth> =
             Array::try_from(self.map_mut(names::TUNNEL_HEALTH)?)?;
         health
             .set(id, TunnelHealth { down }, 0)
-            .with_context(|| format!("writing the health of tunnel {id}"))
+            .with_context(|| format!("writing the health of tunnel {id}"))?;
+        // Cached flows hold the tunnel their group picked (flow_cache.rs).
+        self.invalidate_dest_cache()
     }
 }
 
@@ -842,10 +854,9 @@ fn removals<K: Ord, V, W>(
     Ok(n)
 }
 
-/// Sums a per-CPU counter array's slots over CPUs.
-/// `DEST_CACHE_STATS[0]` summed over CPUs (the daemon's maps or a bench
-/// object's copy).
-pub fn read_dest_cache_stats(map: &aya::maps::Map) -> Result<DestCacheStats> {
+/// `DEST_CACHE_STATS[0]` or `FLOW_CACHE_STATS[0]` summed over CPUs (the
+/// daemon's maps or a bench object's copy).
+pub fn read_cache_stats(map: &aya::maps::Map) -> Result<DestCacheStats> {
     let stats: PerCpuArray<&MapData, DestCacheStats> = PerCpuArray::try_from(map)?;
     Ok(stats
         .get(&0, 0)?

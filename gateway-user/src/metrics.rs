@@ -210,6 +210,17 @@ pub fn render(s: &Snapshot) -> Result<String> {
     cache
         .get_or_create(&ResultLabel { result: "miss" })
         .inc_by(s.dest_cache.misses);
+    let flows = counter::<ResultLabel>(
+        &mut r,
+        "gatewayd_flow_cache_lookups",
+        "Flow cache lookups of TCP/UDP packets by result (a hit is forwarded on the fast path, a miss takes the full pipeline)",
+    );
+    flows
+        .get_or_create(&ResultLabel { result: "hit" })
+        .inc_by(s.flow_cache.hits);
+    flows
+        .get_or_create(&ResultLabel { result: "miss" })
+        .inc_by(s.flow_cache.misses);
     let mut out = String::new();
     encode(&mut out, &r).context("encoding metrics")?;
     Ok(out)
@@ -366,6 +377,10 @@ mod tests {
                 hits: 90,
                 misses: 10,
             },
+            flow_cache: crate::stats::DestCacheCounts {
+                hits: 70,
+                misses: 30,
+            },
         }
     }
 
@@ -384,6 +399,8 @@ mod tests {
             r#"gatewayd_reloads_total{result="rejected"} 1"#,
             r#"gatewayd_dest_cache_lookups_total{result="hit"} 90"#,
             r#"gatewayd_dest_cache_lookups_total{result="miss"} 10"#,
+            r#"gatewayd_flow_cache_lookups_total{result="hit"} 70"#,
+            r#"gatewayd_flow_cache_lookups_total{result="miss"} 30"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

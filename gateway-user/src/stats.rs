@@ -19,10 +19,15 @@ pub struct Snapshot {
     /// The datapath's destination cache, summed over CPUs.
     #[serde(default)]
     pub dest_cache: DestCacheCounts,
+    /// The datapath's flow cache (its fast path), summed over CPUs.
+    #[serde(default)]
+    pub flow_cache: DestCacheCounts,
 }
 
-/// Destination cache lookups answered from the cache (hits) and by the
-/// route lookup and kernel FIB (misses) since the maps were created.
+/// Cache lookups since the maps were created. Destination cache: answered
+/// from the cache (hits) or by the route lookup and kernel FIB (misses).
+/// Flow cache: TCP/UDP packets forwarded on the fast path (hits) or handed
+/// to the full pipeline (misses).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct DestCacheCounts {
     pub hits: u64,

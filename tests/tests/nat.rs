@@ -602,3 +602,226 @@ fn a_mapping_changed_by_a_reload_applies_to_the_next_packet() {
     let out = send(&mut f);
     assert_eq!(out, want(&f, [100, 64, 1, 5]));
 }
+
+// ---- flow cache (the fast path) ----
+//
+// A TCP/UDP flow's first packet takes the full pipeline, which records what
+// it did; the next ones take the fast path (gateway-ebpf/src/flow_cache.rs).
+// These prove that the fast path gives the very same bytes and counters.
+
+/// Sends `input` twice on the connection (`idc`) or the VPC port: the first
+/// must miss the flow cache, the second hit it, both forwarded as `want`.
+fn both_paths_give(f: &mut Fixture, idc: bool, input: &[u8], want: &[u8]) {
+    let run = |f: &mut Fixture| {
+        if idc {
+            f.run_idc(input)
+        } else {
+            f.run_vpc(input)
+        }
+    };
+    let (h0, m0) = f.flow_cache();
+    let first = run(f);
+    let (h1, m1) = f.flow_cache();
+    let second = run(f);
+    let (h2, m2) = f.flow_cache();
+    assert_eq!((h1 - h0, m1 - m0), (0, 1), "the first packet misses");
+    assert_eq!((h2 - h1, m2 - m1), (1, 0), "the second packet hits");
+    assert_eq!(first, (XDP_REDIRECT, want.to_vec()), "full pipeline");
+    assert_eq!(second, (XDP_REDIRECT, want.to_vec()), "fast path");
+}
+
+#[test]
+fn the_fast_path_gives_the_pipelines_bytes_for_every_translation() {
+    let mut f = fixture();
+    f.stay_on_this_cpu();
+    let conn = f.conn.mac;
+    let vpc = f.vpc0.mac;
+    let service = [192, 168, 60, 1];
+    let mapped = [100, 64, 1, 5];
+    let idc = |ip, l4: L4, p: &[u8]| frame((PEER_MAC, conn), Some(100), ip, l4, p);
+    let vpc_in = |ip, l4: L4, p: &[u8]| frame((VPC_HOST_MAC, vpc), None, ip, l4, p);
+    // (from the IDC?, input, expected output)
+    let mut cases = vec![
+        // Peer mapping (source), UDP.
+        (
+            true,
+            idc(ipv4(IDC_HOST, VPC_HOST, 64), L4::Udp(40000, 9), b"x"),
+            to_vpc_expected(&f, ipv4(mapped, VPC_HOST, 63), L4::Udp(40000, 9), b"x"),
+        ),
+        // Peer mapping + port mapping (both addresses and a port), TCP.
+        (
+            true,
+            idc(ipv4(IDC_HOST, service, 64), L4::Tcp(40001, 8080), b"GET /"),
+            to_vpc_expected(&f, ipv4(mapped, VPC_HOST, 63), L4::Tcp(40001, 80), b"GET /"),
+        ),
+        // Its reply.
+        (
+            false,
+            vpc_in(ipv4(VPC_HOST, mapped, 64), L4::Tcp(80, 40001), b"200 OK"),
+            to_idc_expected(
+                &f,
+                100,
+                ipv4(service, IDC_HOST, 63),
+                L4::Tcp(8080, 40001),
+                b"200 OK",
+            ),
+        ),
+        // Port mapping, UDP, and its reply.
+        (
+            true,
+            idc(ipv4(IDC_HOST, service, 64), L4::Udp(5000, 5353), b"q"),
+            to_vpc_expected(&f, ipv4(mapped, VPC_HOST, 63), L4::Udp(5000, 53), b"q"),
+        ),
+        (
+            false,
+            vpc_in(ipv4(VPC_HOST, mapped, 64), L4::Udp(53, 5000), b"a"),
+            to_idc_expected(
+                &f,
+                100,
+                ipv4(service, IDC_HOST, 63),
+                L4::Udp(5353, 5000),
+                b"a",
+            ),
+        ),
+        // Local IP mapping (destination), TCP, and its reply.
+        (
+            true,
+            idc(
+                ipv4(IDC_HOST, [192, 168, 50, 7], 64),
+                L4::Tcp(40002, 443),
+                b"hello",
+            ),
+            to_vpc_expected(
+                &f,
+                ipv4(mapped, [172, 16, 1, 7], 63),
+                L4::Tcp(40002, 443),
+                b"hello",
+            ),
+        ),
+        (
+            false,
+            vpc_in(
+                ipv4([172, 16, 1, 7], mapped, 64),
+                L4::Tcp(443, 40002),
+                b"hi",
+            ),
+            to_idc_expected(
+                &f,
+                100,
+                ipv4([192, 168, 50, 7], IDC_HOST, 63),
+                L4::Tcp(443, 40002),
+                b"hi",
+            ),
+        ),
+        // No mapping applies (an unmapped IDC address): TTL only.
+        (
+            true,
+            idc(ipv4([10, 0, 9, 9], VPC_HOST, 9), L4::Udp(7, 7), b"plain"),
+            to_vpc_expected(
+                &f,
+                ipv4([10, 0, 9, 9], VPC_HOST, 8),
+                L4::Udp(7, 7),
+                b"plain",
+            ),
+        ),
+        // The other tunnel of the same connection, its own mapping.
+        (
+            true,
+            frame(
+                (PEER_MAC, conn),
+                Some(101),
+                ipv4(IDC_HOST, VPC_HOST, 64),
+                L4::Udp(40000, 9),
+                b"b",
+            ),
+            to_vpc_expected(
+                &f,
+                ipv4([100, 64, 2, 5], VPC_HOST, 63),
+                L4::Udp(40000, 9),
+                b"b",
+            ),
+        ),
+    ];
+    // A zero UDP checksum (none) stays zero on both paths.
+    let mut input = idc(ipv4(IDC_HOST, VPC_HOST, 64), L4::Udp(1, 2), b"nocsum");
+    input[18 + 20 + 6..18 + 20 + 8].copy_from_slice(&[0, 0]);
+    let mut want = to_vpc_expected(&f, ipv4(mapped, VPC_HOST, 63), L4::Udp(1, 2), b"nocsum");
+    want[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    cases.push((true, input, want));
+    for (from_idc, input, want) in &cases {
+        both_paths_give(&mut f, *from_idc, input, want);
+    }
+    // Every packet counted as the pipeline counts it.
+    let (to_vpc, to_idc) = cases.iter().fold(
+        (0, 0),
+        |(v, i), c| {
+            if c.0 {
+                (v + 2, i)
+            } else {
+                (v, i + 2)
+            }
+        },
+    );
+    assert_eq!(f.gateway(0).tx_packets, to_vpc);
+    assert_eq!(f.gateway(0).rx_packets, to_idc);
+    assert_eq!(f.tunnel(0).tx_packets, 1 + to_idc, "ARP reply + replies");
+    assert_eq!(
+        f.tunnel(0).rx_packets + f.tunnel(1).rx_packets,
+        2 + to_vpc,
+        "ARP + data"
+    );
+}
+
+#[test]
+fn a_cached_flow_still_gets_every_check_of_the_pipeline() {
+    let mut f = fixture();
+    f.stay_on_this_cpu();
+    let conn = f.conn.mac;
+    let vpc = f.vpc0.mac;
+    let flow = |ttl: u8, smac: [u8; 6], dmac: [u8; 6]| {
+        frame(
+            (smac, dmac),
+            Some(100),
+            ipv4(IDC_HOST, VPC_HOST, ttl),
+            L4::Udp(40000, 9),
+            b"x",
+        )
+    };
+    let reply = frame(
+        (VPC_HOST_MAC, vpc),
+        None,
+        ipv4(VPC_HOST, [100, 64, 1, 5], 64),
+        L4::Udp(9, 40000),
+        b"r",
+    );
+    for _ in 0..2 {
+        assert_eq!(f.run_idc(&flow(64, PEER_MAC, conn)).0, XDP_REDIRECT);
+        assert_eq!(f.run_vpc(&reply).0, XDP_REDIRECT);
+    }
+    let (hits, _) = f.flow_cache();
+    assert_eq!(hits, 2, "both directions cached");
+    // TTL 1: the pipeline drops it, counted.
+    assert_eq!(f.run_idc(&flow(1, PEER_MAC, conn)).0, XDP_DROP);
+    assert_eq!(f.tunnel(0).fate(Fate::TtlExceeded), 1);
+    // Another host's frame on the trunk.
+    assert_eq!(
+        f.run_idc(&flow(64, PEER_MAC, [2, 9, 9, 9, 9, 9])).0,
+        XDP_DROP
+    );
+    assert_eq!(f.tunnel(0).fate(Fate::OtherHost), 1);
+    // The customer router's MAC changed: learned from the flow's next
+    // packet, and the cached reply goes to the new MAC at once.
+    let new_peer = [2, 0x1d, 0xc0, 0, 0, 0x77];
+    let (action, _) = f.run_idc(&flow(64, new_peer, conn));
+    assert_eq!(action, XDP_REDIRECT);
+    let (action, out) = f.run_vpc(&reply);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[..6], &new_peer, "the reply follows the new peer MAC");
+    // The line goes down: the cached reply is not sent on it.
+    f.dp.set_tunnel_health(0, gateway_common::down_reason::LINK)
+        .expect("health");
+    assert_eq!(f.run_vpc(&reply).0, XDP_DROP);
+    assert_eq!(f.gateway(0).fate(Fate::NexthopDown), 1);
+    f.dp.set_tunnel_health(0, 0).expect("health");
+    assert_eq!(f.run_vpc(&reply).0, XDP_REDIRECT);
+}

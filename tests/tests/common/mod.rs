@@ -208,6 +208,29 @@ impl Fixture {
         self.counters(names::GATEWAY_COUNTERS, id)
     }
 
+    /// Flow cache (hits, misses) so far, summed over CPUs.
+    pub fn flow_cache(&self) -> (u64, u64) {
+        let s = self.dp.flow_cache_stats().expect("flow cache stats");
+        (s.hits, s.misses)
+    }
+
+    /// Keeps the test thread on the CPU it runs on: the datapath's caches
+    /// are per CPU, so a test that counts their hits must not migrate.
+    pub fn stay_on_this_cpu(&self) {
+        // SAFETY: plain syscalls on this thread with a local cpu_set_t.
+        unsafe {
+            let cpu = libc::sched_getcpu();
+            assert!(cpu >= 0, "sched_getcpu failed");
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0,
+                "sched_setaffinity failed"
+            );
+        }
+    }
+
     /// Teaches the datapath the peer router's MAC on VLAN 100 (as its first
     /// ARP request would).
     pub fn learn_peer(&mut self, vlan: u16, peer_ip: [u8; 4], local_ip: [u8; 4]) {

@@ -1,0 +1,411 @@
+//! The flow cache: the fast path in front of the whole pipeline.
+//!
+//! The full pipeline (idc.rs, vpc.rs) classifies the frame, translates it,
+//! looks its route and neighbour up and counts it: a dozen map lookups in
+//! as many pages. For a TCP or UDP flow every packet gets the same
+//! treatment, so when the pipeline forwards one it records the outcome in
+//! a per-CPU slot keyed by the flow (ingress port, VLAN, protocol,
+//! addresses, ports): the new addresses and ports with their checksum
+//! deltas, the tag to pop or push, the MACs, the egress port and the
+//! counter owners. The flow's next packets find the slot first and get the
+//! same bytes out with one probe, the counters the pipeline would have
+//! moved, and the tunnel's bandwidth cap.
+//!
+//! Anything the slot cannot vouch for goes to the full pipeline, which
+//! decides, counts and, if it forwards, refills the slot: another
+//! destination or source MAC than recorded (a new peer MAC gets learned),
+//! TTL <= 1, a packet above the recorded MTU, IP options, fragments, ICMP
+//! and everything not TCP/UDP over IPv4, a VPC -> IDC peer MAC that
+//! changed since (checked per packet in `PEER_NEIGH`).
+//!
+//! Validity is the destination cache's: a slot holds the cache generation
+//! read before the pipeline ran (the daemon bumps it after every config
+//! change, every line health change and on kernel neighbour, route and link
+//! events) and is used for `DEST_CACHE_MAX_AGE_NS` at most.
+
+use aya_ebpf::{
+    btf_maps::PerCpuArray, helpers::bpf_ktime_get_coarse_ns, macros::btf_map, programs::XdpContext,
+};
+use gateway_common::{
+    bandwidth_dir, flow_dir,
+    limits::FLOW_CACHE_SLOTS,
+    vlan::{TPID_8021Q, VID_MASK},
+    Fate, FlowCacheEntry, DEST_CACHE_MAX_AGE_NS, FLOW_UNTAGGED,
+};
+use network_types::{eth::EthHdr, vlan::VlanHdr};
+
+use crate::{
+    counters::{self, Owner},
+    dest_cache::{self, mix},
+    forward::{self, DROP},
+    maps::{FLOW_CACHE, FLOW_CACHE_STATS, PEER_NEIGH},
+    packet::{
+        frame_len, ptr_at, Ipv4, ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP, VLAN_ETH_LEN,
+        VLAN_TAG_LEN,
+    },
+    ratelimit,
+};
+
+/// IPv4 header without options, then the TCP/UDP ports.
+const IP_LEN: usize = 20;
+
+/// Bytes of an 802.1Q tag.
+const TAG: usize = VLAN_TAG_LEN as usize;
+
+/// What the flow cache made of a frame.
+pub enum Lookup {
+    /// Forwarded (or dropped by the cap) on the fast path: the XDP action.
+    Done(u32),
+    /// The full pipeline decides; it records its outcome with `record`.
+    Miss,
+}
+
+/// A flow the fast path could not serve, for the pipeline to record its
+/// outcome in: `FLOW_PENDING[0]` (per CPU), written by every `lookup` that
+/// does not forward. Kept in a map rather than handed down on the stack:
+/// the verifier then walks the pipeline once, not once for every way the
+/// lookup can miss.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    /// The slot to fill, or `NO_SLOT` for a frame the fast path never
+    /// takes.
+    slot: u32,
+    _pad: u32,
+    key: FlowKey,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+/// Per CPU, slot 0: the flow the pipeline is working on (see `Pending`).
+#[btf_map]
+static FLOW_PENDING: PerCpuArray<Pending, 1> = PerCpuArray::new();
+
+/// Ends a lookup without a forwarded frame: what the pipeline records.
+#[inline(always)]
+fn miss(slot: u32, key: Option<&FlowKey>) -> Lookup {
+    if let Some(p) = FLOW_PENDING.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU uses it while we run.
+        unsafe {
+            (*p).slot = slot;
+            if let Some(k) = key {
+                (*p).key = *k;
+            }
+        }
+    }
+    Lookup::Miss
+}
+
+/// The first 32 bytes of a `FlowCacheEntry`, same layout: the key, the
+/// generation and the fill time.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FlowKey {
+    ifindex: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: [u8; 4],
+    vlan: u16,
+    proto: u8,
+    dir: u8,
+    generation: u32,
+    stamp: u64,
+}
+
+#[inline(always)]
+fn count(hit: bool) {
+    if let Some(s) = FLOW_CACHE_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe {
+            if hit {
+                (*s).hits += 1;
+            } else {
+                (*s).misses += 1;
+            }
+        }
+    }
+}
+
+/// The first 24 bytes of a slot or key: key and generation.
+#[inline(always)]
+fn words<T>(e: &T) -> [u64; 3] {
+    // SAFETY: used on FlowCacheEntry and FlowKey only: repr(C), at least
+    // 24 bytes, the key and generation first, 8-byte aligned (map values
+    // and stack values alike).
+    unsafe { *(e as *const T as *const [u64; 3]) }
+}
+
+/// The fast path: forwards the frame if its flow is cached.
+#[inline(always)]
+pub fn lookup(ctx: &XdpContext) -> Lookup {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return miss(NO_SLOT, None);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    if ether_type == TPID_8021Q {
+        let Some(tag) = ptr_at::<VlanHdr>(ctx, ETH_LEN) else {
+            return miss(NO_SLOT, None);
+        };
+        // SAFETY: bounds checked by ptr_at.
+        let tag = unsafe { &*tag };
+        if u16::from_be(tag.ether_type) != ETH_P_IPV4 {
+            return miss(NO_SLOT, None);
+        }
+        let vlan = u16::from_be_bytes(tag.tci) & VID_MASK;
+        flow::<VLAN_ETH_LEN>(ctx, eth, vlan, flow_dir::TO_VPC)
+    } else if ether_type == ETH_P_IPV4 {
+        flow::<ETH_LEN>(ctx, eth, FLOW_UNTAGGED, flow_dir::TO_IDC)
+    } else {
+        miss(NO_SLOT, None)
+    }
+}
+
+/// The fast path for an IPv4 header at `L3`.
+#[inline(always)]
+fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8) -> Lookup {
+    let Some(hdr) = ptr_at::<[u8; IP_LEN + 4]>(ctx, L3) else {
+        return miss(NO_SLOT, None);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let h = unsafe { &mut *hdr };
+    let proto = h[9];
+    // IPv4 without options, not a fragment, TCP or UDP.
+    if h[0] != 0x45 || h[6] & 0x3f != 0 || h[7] != 0 {
+        return miss(NO_SLOT, None);
+    }
+    let check_at = L3
+        + IP_LEN
+        + match proto {
+            IPPROTO_TCP => 16,
+            IPPROTO_UDP => 6,
+            _ => return miss(NO_SLOT, None),
+        };
+    let len = frame_len(ctx);
+    let tot_len = u16::from_be_bytes([h[2], h[3]]);
+    // What packet::ipv4 demands of every IPv4 packet.
+    if (tot_len as usize) < IP_LEN || L3 + tot_len as usize > len {
+        return miss(NO_SLOT, None);
+    }
+    let Some(l4_check) = ptr_at::<[u8; 2]>(ctx, check_at) else {
+        return miss(NO_SLOT, None);
+    };
+    let key = FlowKey {
+        ifindex: ctx.ingress_ifindex() as u32,
+        src: [h[12], h[13], h[14], h[15]],
+        dst: [h[16], h[17], h[18], h[19]],
+        ports: [h[20], h[21], h[22], h[23]],
+        vlan,
+        proto,
+        dir,
+        generation: dest_cache::generation(),
+        // SAFETY: helper without arguments.
+        stamp: unsafe { bpf_ktime_get_coarse_ns() },
+    };
+    let hash = mix(u32::from_ne_bytes(key.src)
+        ^ u32::from_ne_bytes(key.dst).rotate_left(16)
+        ^ u32::from_ne_bytes(key.ports).wrapping_mul(0x9e37_79b9)
+        ^ key.ifindex.rotate_left(20)
+        ^ ((vlan as u32) << 8 | proto as u32));
+    let set = (hash & (FLOW_CACHE_SLOTS / 2 - 1)) * 2;
+    let (Some(a), Some(b)) = (FLOW_CACHE.get_ptr_mut(set), FLOW_CACHE.get_ptr_mut(set + 1)) else {
+        return miss(NO_SLOT, None);
+    };
+    // SAFETY: per-CPU array slots, valid while the program runs.
+    let (ea, eb) = unsafe { (&*a, &*b) };
+    let want = words(&key);
+    let fresh = |e: &FlowCacheEntry| key.stamp.wrapping_sub(e.stamp) < DEST_CACHE_MAX_AGE_NS;
+    let hit = if words(ea) == want && fresh(ea) {
+        Some(ea)
+    } else if words(eb) == want && fresh(eb) {
+        Some(eb)
+    } else {
+        None
+    };
+    let victim = || {
+        // A slot of this flow first (stale, or refused below), then the
+        // older one.
+        if words(ea) == want || ea.stamp <= eb.stamp {
+            set
+        } else {
+            set + 1
+        }
+    };
+    let Some(e) = hit else {
+        count(false);
+        return miss(victim(), Some(&key));
+    };
+    // SAFETY: bounds checked by ptr_at in `lookup`; the frame has not moved.
+    let (dmac, smac) = unsafe { ((*eth).dst_addr, (*eth).src_addr) };
+    let peer_unchanged = dir == flow_dir::TO_VPC
+        || PEER_NEIGH
+            .get(e.tunnel_id)
+            .is_some_and(|p| p.valid != 0 && p.mac == e.out_dmac);
+    if dmac != e.in_dmac
+        || (dir == flow_dir::TO_VPC && smac != e.in_smac)
+        || !peer_unchanged
+        || h[8] <= 1
+        || tot_len > e.mtu
+    {
+        count(false);
+        return miss(victim(), Some(&key));
+    }
+    count(true);
+    Lookup::Done(forward_cached(ctx, e, h, l4_check, len))
+}
+
+/// Folds a sum of 16-bit words to 16 bits, end-around carry.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// `~fold(~check + delta)`: RFC 1624 eqn. 3 with the changes summed first
+/// (the same result as applying them one by one).
+#[inline(always)]
+fn adjust(check: u16, delta: u16) -> u16 {
+    !fold(!check as u32 + delta as u32)
+}
+
+/// Sum of `~old + new` over the 16-bit words of two equally long fields.
+#[inline(always)]
+fn delta4(old: [u8; 4], new: [u8; 4]) -> u32 {
+    let w = |b: [u8; 4], i: usize| u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+    (!w(old, 0) & 0xffff) + w(new, 0) + (!w(old, 2) & 0xffff) + w(new, 2)
+}
+
+/// `~old + new` of the TTL/protocol word when the TTL drops by one:
+/// 0xffff - 0x0100, whatever the TTL.
+const TTL_DELTA: u32 = 0xfeff;
+
+/// Applies a cached flow's treatment to the frame.
+#[inline(always)]
+fn forward_cached(
+    ctx: &XdpContext,
+    e: &FlowCacheEntry,
+    h: &mut [u8; IP_LEN + 4],
+    l4_check: *mut [u8; 2],
+    len: usize,
+) -> u32 {
+    let tunnel = Owner::Tunnel(e.tunnel_id);
+    let to_vpc = e.dir == flow_dir::TO_VPC;
+    // Frames are charged to the cap as they are on the tunnel (tagged).
+    let (bw_dir, tagged_len) = if to_vpc {
+        counters::rx(Owner::Connection(e.connection_id), len);
+        counters::rx(tunnel, len);
+        (bandwidth_dir::TO_VPC, len)
+    } else {
+        counters::rx(Owner::Gateway(e.gateway_id), len);
+        (bandwidth_dir::TO_IDC, len + TAG)
+    };
+    if !ratelimit::allow_capped(e.tunnel_id, e.bandwidth_mbps, bw_dir, tagged_len) {
+        counters::fate(tunnel, Fate::RateLimited);
+        return DROP;
+    }
+    // IPv4: TTL, addresses, header checksum.
+    h[8] -= 1;
+    h[12..16].copy_from_slice(&e.new_src);
+    h[16..20].copy_from_slice(&e.new_dst);
+    let check = u16::from_be_bytes([h[10], h[11]]);
+    h[10..12].copy_from_slice(&adjust(check, e.l3_delta).to_be_bytes());
+    // TCP/UDP: ports and checksum (a UDP checksum of 0 means none).
+    h[20..24].copy_from_slice(&e.new_ports);
+    // SAFETY: bounds checked by ptr_at in `flow`; the frame has not moved.
+    let c = unsafe { &mut *l4_check };
+    let old = u16::from_be_bytes(*c);
+    if !(e.proto == IPPROTO_UDP && old == 0) {
+        let mut new = adjust(old, e.l4_delta);
+        if e.proto == IPPROTO_UDP && new == 0 {
+            new = 0xffff;
+        }
+        *c = new.to_be_bytes();
+    }
+    if to_vpc {
+        if !forward::pop_vlan(ctx, e.out_dmac, e.out_smac) {
+            counters::fate(tunnel, Fate::Malformed);
+            return DROP;
+        }
+        counters::tx(Owner::Gateway(e.gateway_id), len - TAG);
+    } else {
+        if !forward::push_vlan(ctx, e.out_vlan, e.out_dmac, e.out_smac) {
+            counters::fate(tunnel, Fate::Malformed);
+            return DROP;
+        }
+        counters::tx(tunnel, tagged_len);
+    }
+    forward::redirect(e.out_ifindex)
+}
+
+/// What the full pipeline did to a flow's packet, recorded by `record`.
+pub struct Outcome {
+    /// The frame's destination MAC (the port's own) and, IDC -> VPC, its
+    /// source MAC (the learned peer).
+    pub in_dmac: [u8; 6],
+    pub in_smac: [u8; 6],
+    pub mtu: u16,
+    pub out_vlan: u16,
+    pub out_dmac: [u8; 6],
+    pub out_smac: [u8; 6],
+    pub out_ifindex: u32,
+    pub tunnel_id: u32,
+    pub gateway_id: u32,
+    pub connection_id: u32,
+    pub bandwidth_mbps: u32,
+}
+
+/// Records the outcome of the packet `lookup` missed for the flow's next
+/// packets. Call after the pipeline translated the packet and decremented
+/// its TTL, before the tag is popped or pushed (`ip` must still point at
+/// its header).
+#[inline(always)]
+pub fn record(ctx: &XdpContext, ip: &Ipv4, o: &Outcome) {
+    let Some(pending) = FLOW_PENDING.get(0) else {
+        return;
+    };
+    if pending.slot == NO_SLOT {
+        return;
+    }
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(pending.slot) else {
+        return;
+    };
+    let Some(p) = ptr_at::<[u8; 4]>(ctx, ip.l4) else {
+        return;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let new_ports = unsafe { *p };
+    let k = &pending.key;
+    let (new_src, new_dst) = (ip.src(), ip.dst());
+    let addrs = delta4(k.src, new_src) + delta4(k.dst, new_dst);
+    // SAFETY: per-CPU array slot, only this CPU uses it while we run.
+    unsafe {
+        *slot = FlowCacheEntry {
+            ifindex: k.ifindex,
+            src: k.src,
+            dst: k.dst,
+            ports: k.ports,
+            vlan: k.vlan,
+            proto: k.proto,
+            dir: k.dir,
+            generation: k.generation,
+            stamp: k.stamp,
+            in_dmac: o.in_dmac,
+            in_smac: o.in_smac,
+            mtu: o.mtu,
+            out_vlan: o.out_vlan,
+            new_src,
+            new_dst,
+            new_ports,
+            l3_delta: fold(addrs + TTL_DELTA),
+            l4_delta: fold(addrs + delta4(k.ports, new_ports)),
+            out_dmac: o.out_dmac,
+            out_smac: o.out_smac,
+            out_ifindex: o.out_ifindex,
+            tunnel_id: o.tunnel_id,
+            gateway_id: o.gateway_id,
+            connection_id: o.connection_id,
+            bandwidth_mbps: o.bandwidth_mbps,
+        }
+    };
+}
