@@ -165,9 +165,10 @@ impl GatewayNs {
     }
 }
 
-/// Counter slots by owner ("tunnel:3", "gateway:0", ...).
+/// Counter slots by owner ("tunnel:3", "gateway:0", ...), and the flow
+/// cache's (hits, misses).
 #[derive(Default)]
-pub struct Snapshot(BTreeMap<String, Counters>);
+pub struct Snapshot(BTreeMap<String, Counters>, (u64, u64));
 
 /// (owner, what) -> packets. `what` is "rx", "tx" or a fate name.
 pub type Effects = BTreeMap<(String, String), u64>;
@@ -186,7 +187,17 @@ impl Snapshot {
                 s.0.insert(format!("{prefix}:{id}"), c);
             }
         }
+        let flows = dp.flow_cache_stats()?;
+        s.1 = (flows.hits, flows.misses);
         Ok(s)
+    }
+
+    /// Flow cache (hits, misses) between `self` and `later`.
+    pub fn flow_cache_delta(&self, later: &Snapshot) -> (u64, u64) {
+        (
+            later.1 .0.wrapping_sub(self.1 .0),
+            later.1 .1.wrapping_sub(self.1 .1),
+        )
     }
 
     /// Packet counts that changed between `self` and `later`.
@@ -219,6 +230,57 @@ pub struct Probe {
     pub effects: Vec<(String, String)>,
 }
 
+/// `runs` probes cycling through `probes`, each with its own UDP source
+/// port (at most 64,512 runs), so that every run is a new flow: the flow
+/// cache misses and the full pipeline (with its table lookups) runs, as it
+/// does for a flow's first packet. The UDP checksum is updated with the
+/// port (RFC 1624).
+pub fn new_flows(probes: &[Probe], runs: u64) -> Vec<Probe> {
+    assert!(runs <= 64_512, "one source port per run");
+    (0..runs as usize)
+        .map(|i| {
+            let mut p = probes[i % probes.len()].clone();
+            set_udp_source_port(&mut p.frame, 1024 + i as u16);
+            p
+        })
+        .collect()
+}
+
+/// Rewrites the source port of a UDP/IPv4 frame (tagged or not, no IP
+/// options) and its checksum.
+fn set_udp_source_port(frame: &mut [u8], port: u16) {
+    let l4 = if frame[12..14] == [0x81, 0x00] {
+        38
+    } else {
+        34
+    };
+    let old = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+    frame[l4..l4 + 2].copy_from_slice(&port.to_be_bytes());
+    let check = u16::from_be_bytes([frame[l4 + 6], frame[l4 + 7]]);
+    if check != 0 {
+        let mut sum = (!check as u32) + (!old as u32) + port as u32;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let new = match !(sum as u16) {
+            0 => 0xffff,
+            c => c,
+        };
+        frame[l4 + 6..l4 + 8].copy_from_slice(&new.to_be_bytes());
+    }
+}
+
+/// Marks `t` invalid unless every one of its runs missed the flow cache
+/// (every run a new flow, see `new_flows`).
+pub fn require_new_flows(t: &mut Timing) {
+    if t.valid && t.flow_cache != (0, t.runs) {
+        t.valid = false;
+        t.why_invalid = Some(format!(
+            "flow cache: {} hits, {} misses in {} runs of new flows",
+            t.flow_cache.0, t.flow_cache.1, t.runs
+        ));
+    }
+}
+
 pub fn effect(owner: &str, what: &str) -> (String, String) {
     (owner.to_owned(), what.to_owned())
 }
@@ -234,6 +296,9 @@ pub struct Timing {
     /// the counters moved by exactly the expected amounts, nothing else.
     pub valid: bool,
     pub why_invalid: Option<String>,
+    /// Flow cache (hits, misses) during the runs: which path the packets
+    /// took (the counters above are the same on both).
+    pub flow_cache: (u64, u64),
 }
 
 /// Runs `runs` packets, one BPF_PROG_TEST_RUN each (repeat = 1, so every
@@ -264,6 +329,7 @@ pub fn measure(gw: &mut GatewayNs, probes: &[Probe], runs: u64, tunnels: u32) ->
         runs,
         valid: why.is_none(),
         why_invalid: why,
+        flow_cache: before.flow_cache_delta(&after),
     })
 }
 
@@ -288,6 +354,7 @@ pub fn measure_repeat(
         runs: repeat as u64,
         valid: why.is_none(),
         why_invalid: why,
+        flow_cache: before.flow_cache_delta(&after),
     })
 }
 
@@ -409,6 +476,7 @@ impl BenchProgram {
             runs,
             valid: wrong == 0,
             why_invalid: (wrong > 0).then(|| format!("{wrong} runs returned another action")),
+            flow_cache: (0, 0),
         })
     }
 }

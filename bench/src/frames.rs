@@ -11,11 +11,23 @@ pub const PAYLOAD_UNTAGGED: usize = 18;
 
 /// IDC -> VPC: tagged UDP from the customer router's MAC.
 pub fn udp_tagged(vlan: u16, dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    udp_tagged_ports(vlan, dst_mac, src, 40000, dst, 53)
+}
+
+/// `udp_tagged` with the given ports (one flow per port pair).
+pub fn udp_tagged_ports(
+    vlan: u16,
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(PEER_MAC, dst_mac)
         .single_vlan(VlanId::try_new(vlan).expect("vlan id"))
         .ipv4(src, dst, 64)
-        .udp(40000, 53)
+        .udp(sport, dport)
         .write(&mut v, &[0x5a; PAYLOAD_TAGGED])
         .expect("frame");
     v

@@ -12,8 +12,8 @@ use ipnet::Ipv4Net;
 
 use crate::{
     fixture::{
-        effect, measure, BenchProgram, GatewayNs, Probe, CONFIG, VPC_HOST, VPC_HOST_MAC,
-        XDP_REDIRECT,
+        effect, measure, new_flows, require_new_flows, BenchProgram, GatewayNs, Probe, CONFIG,
+        VPC_HOST, VPC_HOST_MAC, XDP_REDIRECT,
     },
     frames,
     report::ScalePoint,
@@ -172,7 +172,8 @@ pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             })
             .collect();
         let mut p = point("routes", n, &gw, load, &route_maps())?;
-        let t = measure(&mut gw, &probes, runs, 2)?;
+        let mut t = measure(&mut gw, &new_flows(&probes, runs), runs, 2)?;
+        require_new_flows(&mut t);
         p.ns = t.ns;
         p.valid = t.valid;
         p.why_invalid = t.why_invalid;
@@ -382,7 +383,8 @@ pub fn nat(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             })
             .collect();
         let mut p = point("nat", n, &gw, load, &[names::IP_MAPPINGS])?;
-        let t = measure(&mut gw, &probes, runs, 2)?;
+        let mut t = measure(&mut gw, &new_flows(&probes, runs), runs, 2)?;
+        require_new_flows(&mut t);
         p.ns = t.ns;
         p.valid = t.valid;
         p.why_invalid = t.why_invalid;
@@ -465,7 +467,8 @@ pub fn tunnels(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             &[names::TUNNEL_BY_VLAN, names::TUNNELS, names::NEXTHOP_GROUPS],
         )?;
         let max_id = plan.tunnels.keys().max().copied().unwrap_or(0) + 1;
-        let t = measure(&mut gw, &probes, runs, max_id)?;
+        let mut t = measure(&mut gw, &new_flows(&probes, runs), runs, max_id)?;
+        require_new_flows(&mut t);
         p.ns = t.ns;
         p.valid = t.valid;
         p.why_invalid = t.why_invalid;

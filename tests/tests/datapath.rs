@@ -591,3 +591,73 @@ fn a_packet_above_the_cached_mtu_still_gets_the_fibs_answer() {
     assert_eq!(f.run_idc(&small).0, XDP_REDIRECT);
     assert_eq!(f.gateway(0).tx_packets, 3);
 }
+
+// ---- flow cache ----
+
+/// Random TCP and UDP flows in both directions, two packets each with
+/// their own payload and TTL: the first takes the full pipeline, the
+/// second the flow cache's fast path; both must be the frame etherparse
+/// builds (so every checksum is right whatever its value).
+#[test]
+fn random_flows_get_the_same_bytes_on_both_paths() {
+    let mut f = Fixture::new(CONFIG);
+    f.stay_on_this_cpu();
+    f.learn_peer(100, PEER_IP, LOCAL_IP);
+    let mut rng = XorShift(0x0f10_cace_5eed_0001);
+    let (h0, m0) = f.flow_cache();
+    let n = 1000u64;
+    for i in 0..n {
+        let tcp = i % 2 == 0;
+        let from_idc = i % 4 < 2;
+        let (sport, dport) = (rng.next() as u16, rng.next() as u16);
+        for path in ["full pipeline", "fast path"] {
+            let payload: Vec<u8> = (0..rng.next() % 1400).map(|_| rng.next() as u8).collect();
+            let ttl = 2 + (rng.next() % 250) as u8;
+            let seq = rng.next() as u32;
+            let build = |b: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+                         out: &mut Vec<u8>| {
+                if tcp {
+                    b.tcp(sport, dport, seq, 502)
+                        .ack(seq ^ 0x5555)
+                        .write(out, &payload)
+                        .unwrap()
+                } else {
+                    b.udp(sport, dport).write(out, &payload).unwrap()
+                }
+            };
+            let (mut input, mut want) = (Vec::new(), Vec::new());
+            if from_idc {
+                build(
+                    tagged(PEER_MAC, f.conn.mac, 100).ipv4(IDC_HOST, VPC_HOST, ttl),
+                    &mut input,
+                );
+                build(
+                    PacketBuilder::ethernet2(f.vpc0.mac, VPC_HOST_MAC).ipv4(
+                        IDC_HOST,
+                        VPC_HOST,
+                        ttl - 1,
+                    ),
+                    &mut want,
+                );
+            } else {
+                build(
+                    PacketBuilder::ethernet2(VPC_HOST_MAC, f.vpc0.mac)
+                        .ipv4(VPC_HOST, IDC_HOST, ttl),
+                    &mut input,
+                );
+                build(
+                    tagged(f.conn.mac, PEER_MAC, 100).ipv4(VPC_HOST, IDC_HOST, ttl - 1),
+                    &mut want,
+                );
+            }
+            let got = if from_idc {
+                f.run_idc(&input)
+            } else {
+                f.run_vpc(&input)
+            };
+            assert_eq!(got, (XDP_REDIRECT, want), "{path}, flow {i}");
+        }
+    }
+    let (h1, m1) = f.flow_cache();
+    assert_eq!((h1 - h0, m1 - m0), (n, n), "(hits, misses)");
+}

@@ -41,11 +41,15 @@ pub fn run(quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// The paths of part 1 the report must have.
+/// The paths of part 1 the report must have (the forwarding paths twice:
+/// the flow cached, and a new flow through the full pipeline).
 const PATHS: &[&str] = &[
-    "IDC->VPC plain",
-    "IDC->VPC peer IP mapping",
-    "VPC->IDC port mapping",
+    "IDC->VPC plain (flow cached: fast path)",
+    "IDC->VPC plain, a new flow (full pipeline)",
+    "IDC->VPC peer IP mapping (flow cached: fast path)",
+    "IDC->VPC peer IP mapping, a new flow (full pipeline)",
+    "VPC->IDC port mapping (flow cached: fast path)",
+    "VPC->IDC port mapping, a new flow (full pipeline)",
     "ARP reply",
     "unknown VLAN drop",
 ];
