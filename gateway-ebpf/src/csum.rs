@@ -2,11 +2,20 @@
 //! HC' = ~(~HC + ~m + m')). All 16-bit words are big-endian numbers as read
 //! from the wire, so the same code serves the IPv4 header and L4 checksums.
 
+/// Folds a sum of 16-bit words to 16 bits, end-around carry.
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
+}
+
+/// `~fold(~check + delta)`, where `delta` is the folded sum of `~m + m'`
+/// over every changed word: the changes summed first give the same result
+/// as applying them one by one.
+#[inline(always)]
+pub fn adjust(check: u16, delta: u16) -> u16 {
+    !fold(!check as u32 + delta as u32)
 }
 
 /// Checksum after one 16-bit word changed from `old` to `new`.

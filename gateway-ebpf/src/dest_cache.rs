@@ -21,8 +21,10 @@
 //!
 //! Per CPU, so a slot is never read half-written by another CPU.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use gateway_common::{limits::DEST_CACHE_SLOTS, DestCacheEntry, Route, DEST_CACHE_MAX_AGE_NS};
+use aya_ebpf::{btf_maps::PerCpuArray, helpers::bpf_ktime_get_coarse_ns};
+use gateway_common::{
+    limits::DEST_CACHE_SLOTS, DestCacheEntry, DestCacheStats, Route, DEST_CACHE_MAX_AGE_NS,
+};
 
 use crate::{
     maps::{DEST_CACHE, DEST_CACHE_GENERATION, DEST_CACHE_STATS},
@@ -76,7 +78,13 @@ fn matches(e: &DestCacheEntry, key: &Key) -> bool {
 
 #[inline(always)]
 fn count(hit: bool) {
-    if let Some(s) = DEST_CACHE_STATS.get_ptr_mut(0) {
+    count_in(&DEST_CACHE_STATS, hit);
+}
+
+/// Counts a hit or a miss in a cache's per-CPU stats slot.
+#[inline(always)]
+pub fn count_in(stats: &PerCpuArray<DestCacheStats, 1>, hit: bool) {
+    if let Some(s) = stats.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe {
             if hit {

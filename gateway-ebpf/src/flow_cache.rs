@@ -36,6 +36,7 @@ use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::{
     counters::{self, Owner},
+    csum,
     dest_cache::{self, mix},
     forward::{self, DROP},
     maps::{FLOW_CACHE, FLOW_CACHE_STATS, PEER_NEIGH},
@@ -114,16 +115,7 @@ struct FlowKey {
 
 #[inline(always)]
 fn count(hit: bool) {
-    if let Some(s) = FLOW_CACHE_STATS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe {
-            if hit {
-                (*s).hits += 1;
-            } else {
-                (*s).misses += 1;
-            }
-        }
-    }
+    dest_cache::count_in(&FLOW_CACHE_STATS, hit);
 }
 
 /// The first 24 bytes of a slot or key: key and generation.
@@ -254,21 +246,6 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     Lookup::Done(forward_cached(ctx, e, h, l4_check, len))
 }
 
-/// Folds a sum of 16-bit words to 16 bits, end-around carry.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-/// `~fold(~check + delta)`: RFC 1624 eqn. 3 with the changes summed first
-/// (the same result as applying them one by one).
-#[inline(always)]
-fn adjust(check: u16, delta: u16) -> u16 {
-    !fold(!check as u32 + delta as u32)
-}
-
 /// Sum of `~old + new` over the 16-bit words of two equally long fields.
 #[inline(always)]
 fn delta4(old: [u8; 4], new: [u8; 4]) -> u32 {
@@ -309,14 +286,14 @@ fn forward_cached(
     h[12..16].copy_from_slice(&e.new_src);
     h[16..20].copy_from_slice(&e.new_dst);
     let check = u16::from_be_bytes([h[10], h[11]]);
-    h[10..12].copy_from_slice(&adjust(check, e.l3_delta).to_be_bytes());
+    h[10..12].copy_from_slice(&csum::adjust(check, e.l3_delta).to_be_bytes());
     // TCP/UDP: ports and checksum (a UDP checksum of 0 means none).
     h[20..24].copy_from_slice(&e.new_ports);
     // SAFETY: bounds checked by ptr_at in `flow`; the frame has not moved.
     let c = unsafe { &mut *l4_check };
     let old = u16::from_be_bytes(*c);
     if !(e.proto == IPPROTO_UDP && old == 0) {
-        let mut new = adjust(old, e.l4_delta);
+        let mut new = csum::adjust(old, e.l4_delta);
         if e.proto == IPPROTO_UDP && new == 0 {
             new = 0xffff;
         }
@@ -397,8 +374,8 @@ pub fn record(ctx: &XdpContext, ip: &Ipv4, o: &Outcome) {
             new_src,
             new_dst,
             new_ports,
-            l3_delta: fold(addrs + TTL_DELTA),
-            l4_delta: fold(addrs + delta4(k.ports, new_ports)),
+            l3_delta: csum::fold(addrs + TTL_DELTA),
+            l4_delta: csum::fold(addrs + delta4(k.ports, new_ports)),
             out_dmac: o.out_dmac,
             out_smac: o.out_smac,
             out_ifindex: o.out_ifindex,

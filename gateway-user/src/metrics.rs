@@ -199,28 +199,26 @@ pub fn render(s: &Snapshot) -> Result<String> {
     reloads
         .get_or_create(&ResultLabel { result: "rejected" })
         .inc_by(s.daemon.reloads_rejected);
-    let cache = counter::<ResultLabel>(
-        &mut r,
-        "gatewayd_dest_cache_lookups",
-        "Destination cache lookups by result (a miss pays the route lookup and the kernel FIB)",
-    );
-    cache
-        .get_or_create(&ResultLabel { result: "hit" })
-        .inc_by(s.dest_cache.hits);
-    cache
-        .get_or_create(&ResultLabel { result: "miss" })
-        .inc_by(s.dest_cache.misses);
-    let flows = counter::<ResultLabel>(
-        &mut r,
-        "gatewayd_flow_cache_lookups",
-        "Flow cache lookups of TCP/UDP packets by result (a hit is forwarded on the fast path, a miss takes the full pipeline)",
-    );
-    flows
-        .get_or_create(&ResultLabel { result: "hit" })
-        .inc_by(s.flow_cache.hits);
-    flows
-        .get_or_create(&ResultLabel { result: "miss" })
-        .inc_by(s.flow_cache.misses);
+    for (name, help, counts) in [
+        (
+            "gatewayd_dest_cache_lookups",
+            "Destination cache lookups by result (a miss pays the route lookup and the kernel FIB)",
+            &s.dest_cache,
+        ),
+        (
+            "gatewayd_flow_cache_lookups",
+            "Flow cache lookups of TCP/UDP packets by result (a hit is forwarded on the fast path, a miss takes the full pipeline)",
+            &s.flow_cache,
+        ),
+    ] {
+        let lookups = counter::<ResultLabel>(&mut r, name, help);
+        lookups
+            .get_or_create(&ResultLabel { result: "hit" })
+            .inc_by(counts.hits);
+        lookups
+            .get_or_create(&ResultLabel { result: "miss" })
+            .inc_by(counts.misses);
+    }
     let mut out = String::new();
     encode(&mut out, &r).context("encoding metrics")?;
     Ok(out)
