@@ -263,6 +263,23 @@ impl TwoLineLab {
         }
     }
 
+    /// The IDC namespace's UDP and IP error counters (`nstat`), for
+    /// failure messages: tells packets the receiver's kernel dropped from
+    /// packets that never arrived.
+    pub fn idc_udp_errors(&self) -> String {
+        match self.idc.command("nstat", &["-az"]).output() {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| {
+                    (l.starts_with("Udp") || l.starts_with("Ip")) && l.contains("Err")
+                        || l.contains("Discard")
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => format!("(nstat: {e})"),
+        }
+    }
+
     /// Both tunnels' full `stats --json` entries, for failure messages.
     pub fn tunnels_json(&self) -> String {
         match self.stats_json() {
@@ -378,6 +395,27 @@ impl UdpFlows {
         let receiver = lab.idc.run_in(|| {
             let s = UdpSocket::bind((IDC_SERVICE, UDP_PORT))?;
             s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            // Room for seconds of traffic: the receiver is a user-space
+            // thread on a shared 2-CPU machine, and a pause of it must not
+            // show up as packets the gateway lost (the default buffer holds
+            // about 100 ms of these flows).
+            let bytes: libc::c_int = 16 << 20;
+            // SAFETY: setsockopt on an open socket with a c_int argument.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    &bytes as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                bail!(
+                    "SO_RCVBUFFORCE on the receiver: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
             Ok(s)
         })?;
         let flows = self.flows;

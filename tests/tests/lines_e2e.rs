@@ -207,9 +207,10 @@ fn the_standby_line_carries_nothing_while_the_primary_is_healthy() -> Result<()>
             received
         ),
         (0, report.sent, report.sent),
-        "(failed primary, standby) carried and received of {} sent; tunnels:\n{}\n{}",
+        "(failed primary, standby) carried and received of {} sent; tunnels:\n{}\nIDC kernel:\n{}\n{}",
         report.sent,
         lab.tunnels_json(),
+        lab.idc_udp_errors(),
         lab.log()
     );
     lab.stop_daemon()
