@@ -5,8 +5,8 @@ use anyhow::Result;
 
 use crate::{
     fixture::{
-        effect, measure, measure_repeat, BenchProgram, GatewayNs, Probe, Timing, CONFIG, VPC_HOST,
-        VPC_HOST_MAC, XDP_DROP, XDP_REDIRECT, XDP_TX,
+        check_flow, effect, measure, measure_repeat, BenchProgram, Flow, GatewayNs, Probe, Timing,
+        CONFIG, VPC_HOST, VPC_HOST_MAC, XDP_DROP, XDP_REDIRECT, XDP_TX,
     },
     frames,
     report::{Control, PathCost},
@@ -14,22 +14,6 @@ use crate::{
 
 const LOCAL_100: [u8; 4] = [169, 254, 100, 1];
 const PEER_100: [u8; 4] = [169, 254, 100, 2];
-
-/// How a path's packets must meet the flow cache (proven from its
-/// counters, like the path itself).
-#[derive(Clone, Copy, PartialEq)]
-enum Flow {
-    /// The same flow every run: forwarded on the fast path (at most 1 % of
-    /// runs miss, when the slot ages out after 1 s and is refilled).
-    Cached,
-    /// A new flow every run: every packet misses and takes the full
-    /// pipeline (which then fills a slot).
-    New,
-    /// TCP/UDP the fast path cannot serve: every packet misses.
-    Missed,
-    /// Not TCP/UDP: never looked up.
-    NotLooked,
-}
 
 /// One row of the table: a path, its frames (one per run for new flows)
 /// and how it must meet the flow cache.
@@ -152,24 +136,6 @@ fn paths(gw: &GatewayNs, runs: u64, round: usize) -> Vec<Path> {
         }],
     });
     out
-}
-
-/// Checks the flow cache counts of a measurement against the path's
-/// `Flow`; marks it invalid if they do not match.
-fn check_flow(t: &mut Timing, flow: Flow) {
-    let (hits, misses) = t.flow_cache;
-    let ok = match flow {
-        Flow::Cached => hits + misses == t.runs && misses * 100 <= t.runs,
-        Flow::New | Flow::Missed => (hits, misses) == (0, t.runs),
-        Flow::NotLooked => (hits, misses) == (0, 0),
-    };
-    if !ok && t.valid {
-        t.valid = false;
-        t.why_invalid = Some(format!(
-            "flow cache: {hits} hits, {misses} misses in {} runs",
-            t.runs
-        ));
-    }
 }
 
 #[derive(Default)]

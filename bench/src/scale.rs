@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 
 use crate::{
     fixture::{
-        effect, measure, new_flows, require_new_flows, BenchProgram, GatewayNs, Probe, CONFIG,
+        check_flow, effect, measure, new_flows, BenchProgram, Flow, GatewayNs, Probe, CONFIG,
         VPC_HOST, VPC_HOST_MAC, XDP_REDIRECT,
     },
     frames,
@@ -172,15 +172,7 @@ pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             })
             .collect();
         let mut p = point("routes", n, &gw, load, &route_maps())?;
-        let mut t = measure(&mut gw, &new_flows(&probes, runs), runs, 2)?;
-        require_new_flows(&mut t);
-        p.ns = t.ns;
-        p.valid = t.valid;
-        p.why_invalid = t.why_invalid;
-        eprintln!(
-            "  routes {n:>8}: {:6.1} ns/packet, load {:8.1} ms",
-            p.ns, p.load_ms
-        );
+        measure_new_flows(&mut gw, &mut p, &probes, runs, 2)?;
         out.push(p);
     }
     Ok(ratios(out))
@@ -383,15 +375,7 @@ pub fn nat(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             })
             .collect();
         let mut p = point("nat", n, &gw, load, &[names::IP_MAPPINGS])?;
-        let mut t = measure(&mut gw, &new_flows(&probes, runs), runs, 2)?;
-        require_new_flows(&mut t);
-        p.ns = t.ns;
-        p.valid = t.valid;
-        p.why_invalid = t.why_invalid;
-        eprintln!(
-            "  nat    {n:>8}: {:6.1} ns/packet, load {:8.1} ms",
-            p.ns, p.load_ms
-        );
+        measure_new_flows(&mut gw, &mut p, &probes, runs, 2)?;
         out.push(p);
     }
     Ok(ratios(out))
@@ -467,18 +451,32 @@ pub fn tunnels(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             &[names::TUNNEL_BY_VLAN, names::TUNNELS, names::NEXTHOP_GROUPS],
         )?;
         let max_id = plan.tunnels.keys().max().copied().unwrap_or(0) + 1;
-        let mut t = measure(&mut gw, &new_flows(&probes, runs), runs, max_id)?;
-        require_new_flows(&mut t);
-        p.ns = t.ns;
-        p.valid = t.valid;
-        p.why_invalid = t.why_invalid;
-        eprintln!(
-            "  tunnels {n:>7}: {:6.1} ns/packet, load {:8.1} ms",
-            p.ns, p.load_ms
-        );
+        measure_new_flows(&mut gw, &mut p, &probes, runs, max_id)?;
         out.push(p);
     }
     Ok(ratios(out))
+}
+
+/// Measures `probes` at one table size as new flows (`new_flows`: every
+/// run misses the flow cache and takes the full pipeline, proven from its
+/// counts) into `p`, and shows the result.
+fn measure_new_flows(
+    gw: &mut GatewayNs,
+    p: &mut ScalePoint,
+    probes: &[Probe],
+    runs: u64,
+    tunnels: u32,
+) -> Result<()> {
+    let mut t = measure(gw, &new_flows(probes, runs), runs, tunnels)?;
+    check_flow(&mut t, Flow::New);
+    p.ns = t.ns;
+    p.valid = t.valid;
+    p.why_invalid = t.why_invalid;
+    eprintln!(
+        "  {:<7} {:>8}: {:6.1} ns/packet, load {:8.1} ms",
+        p.table, p.size, p.ns, p.load_ms
+    );
+    Ok(())
 }
 
 /// Fills `vs_smallest`: cost at each size over the cost at the smallest.

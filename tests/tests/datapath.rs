@@ -464,11 +464,6 @@ fn thousands_of_random_frames_never_abort_and_every_drop_is_counted() {
 // gateway-ebpf/src/dest_cache.rs); these prove that the cache answers, and
 // that no change to routes, neighbours or MTU is missed.
 
-fn cache_stats(f: &Fixture) -> (u64, u64) {
-    let s = f.dp.dest_cache_stats().expect("destination cache stats");
-    (s.hits, s.misses)
-}
-
 #[test]
 fn the_destination_cache_answers_repeated_destinations() {
     let mut f = Fixture::new(CONFIG);
@@ -485,7 +480,7 @@ fn the_destination_cache_answers_repeated_destinations() {
             .unwrap();
         v
     };
-    let (h0, m0) = cache_stats(&f);
+    let (h0, m0) = f.dest_cache();
     for sport in 40000..40010 {
         let (action, out) = f.run_idc(&flow(sport, f.conn.mac));
         let mut expected = Vec::new();
@@ -496,7 +491,7 @@ fn the_destination_cache_answers_repeated_destinations() {
             .unwrap();
         assert_eq!((action, &out), (XDP_REDIRECT, &expected));
     }
-    let (h1, m1) = cache_stats(&f);
+    let (h1, m1) = f.dest_cache();
     assert_eq!((h1 - h0, m1 - m0), (9, 1), "(hits, misses)");
     assert_eq!(f.flow_cache(), (0, 10), "ten new flows");
     assert_eq!(f.gateway(0).tx_packets, 10);

@@ -208,6 +208,12 @@ impl Fixture {
         self.counters(names::GATEWAY_COUNTERS, id)
     }
 
+    /// Destination cache (hits, misses) so far, summed over CPUs.
+    pub fn dest_cache(&self) -> (u64, u64) {
+        let s = self.dp.dest_cache_stats().expect("destination cache stats");
+        (s.hits, s.misses)
+    }
+
     /// Flow cache (hits, misses) so far, summed over CPUs.
     pub fn flow_cache(&self) -> (u64, u64) {
         let s = self.dp.flow_cache_stats().expect("flow cache stats");
