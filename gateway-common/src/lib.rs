@@ -433,6 +433,51 @@ const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 56);
 /// neighbour's changed MAC can go unnoticed when it does not.
 pub const DEST_CACHE_MAX_AGE_NS: u64 = 1_000_000_000;
 
+/// What a `FLOW_CACHE` slot is found by: the flow as received (ingress
+/// port, VLAN, protocol, addresses and ports) and the cache generation it
+/// was filled in, so a slot of an older generation never matches. 24 bytes
+/// without padding, 8-byte aligned: compared as three u64 words
+/// (`FlowKey::same`), not field by field or with `==`, which compiles to a
+/// byte-by-byte `memcmp` call on BPF.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    /// The ingress port.
+    pub ifindex: u32,
+    /// Addresses and ports as received (network order).
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ports: [u8; 4],
+    /// The VLAN id, or `FLOW_UNTAGGED`.
+    pub vlan: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    /// `flow_dir::*`; 0 in an empty slot.
+    pub dir: u8,
+    /// `DEST_CACHE_GENERATION[0]` read before the pipeline ran.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+
+impl FlowKey {
+    /// The key as three words.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 3] {
+        // SAFETY: 24 bytes of integers without padding (asserted above);
+        // every bit pattern is a valid [u64; 3].
+        unsafe { core::mem::transmute::<FlowKey, [u64; 3]>(*self) }
+    }
+
+    /// Whether two keys are equal: the XOR of their words is zero. Written
+    /// this way so the compiler keeps it to three loads per side (see the
+    /// type's comment).
+    #[inline(always)]
+    pub fn same(&self, other: &FlowKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) == 0
+    }
+}
+
 /// `FLOW_CACHE` slot: everything the datapath did to one flow's packet
 /// (TCP or UDP, 5-tuple, ingress port and VLAN), so the flow's next packets
 /// take the fast path in `gateway-ebpf/src/flow_cache.rs`: one probe, then
@@ -440,27 +485,14 @@ pub const DEST_CACHE_MAX_AGE_NS: u64 = 1_000_000_000;
 /// pipeline gave the packet that filled the slot. Per CPU, two-way set
 /// associative, filled by the full pipeline when it forwards a packet.
 ///
-/// Valid while `generation` equals `DEST_CACHE_GENERATION[0]` (bumped by
-/// the daemon after every applied config, every line health change and on
-/// kernel neighbour/route/link events) and for `DEST_CACHE_MAX_AGE_NS`
-/// after `stamp`. The first 24 bytes (key and generation) are compared as
-/// three u64 words.
+/// Valid while `key.generation` equals `DEST_CACHE_GENERATION[0]` (bumped
+/// by the daemon after every applied config, every line health change and
+/// on kernel neighbour/route/link events) and for `DEST_CACHE_MAX_AGE_NS`
+/// after `stamp`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheEntry {
-    /// Key: the ingress port.
-    pub ifindex: u32,
-    /// Key: addresses and ports as received (network order).
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    pub ports: [u8; 4],
-    /// Key: the VLAN id, or `FLOW_UNTAGGED`.
-    pub vlan: u16,
-    /// Key: IPPROTO_TCP or IPPROTO_UDP.
-    pub proto: u8,
-    /// Key: `flow_dir::*`; 0 in an empty slot.
-    pub dir: u8,
-    pub generation: u32,
+    pub key: FlowKey,
     /// `bpf_ktime_get_coarse_ns()` when filled.
     pub stamp: u64,
     /// The destination MAC the frame must carry (the port's own).
@@ -492,11 +524,23 @@ pub struct FlowCacheEntry {
     pub bandwidth_mbps: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 96);
+// The fast path reads each MAC pair as 4 + 2 + 2 + 4 bytes and the new
+// addresses and ports as 4-byte words: aligned loads, given these offsets.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(FlowCacheEntry, in_dmac) % 4 == 0);
+    assert!(offset_of!(FlowCacheEntry, in_smac) == offset_of!(FlowCacheEntry, in_dmac) + 6);
+    assert!(offset_of!(FlowCacheEntry, out_dmac) % 4 == 0);
+    assert!(offset_of!(FlowCacheEntry, out_smac) == offset_of!(FlowCacheEntry, out_dmac) + 6);
+    assert!(offset_of!(FlowCacheEntry, new_src) % 4 == 0);
+    assert!(offset_of!(FlowCacheEntry, new_dst) % 4 == 0);
+    assert!(offset_of!(FlowCacheEntry, new_ports) % 4 == 0);
+};
 
-/// `FlowCacheEntry::vlan` of a frame received untagged (on a VPC port).
+/// `FlowKey::vlan` of a frame received untagged (on a VPC port).
 pub const FLOW_UNTAGGED: u16 = 0xffff;
 
-/// `FlowCacheEntry::dir`.
+/// `FlowKey::dir`.
 pub mod flow_dir {
     /// Received tagged on a connection, forwarded untagged into a VPC.
     pub const TO_VPC: u8 = 1;
@@ -670,6 +714,7 @@ mod pod {
     unsafe impl aya::Pod for DestCacheStats {}
     unsafe impl aya::Pod for MappingCacheEntry {}
     unsafe impl aya::Pod for FlowCacheEntry {}
+    unsafe impl aya::Pod for FlowKey {}
 }
 const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());
 

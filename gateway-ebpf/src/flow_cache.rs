@@ -30,7 +30,7 @@ use gateway_common::{
     bandwidth_dir, flow_dir,
     limits::FLOW_CACHE_SLOTS,
     vlan::{TPID_8021Q, VID_MASK},
-    Fate, FlowCacheEntry, DEST_CACHE_MAX_AGE_NS, FLOW_UNTAGGED,
+    Fate, FlowCacheEntry, FlowKey, DEST_CACHE_MAX_AGE_NS, FLOW_UNTAGGED,
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
@@ -41,8 +41,8 @@ use crate::{
     forward::{self, DROP},
     maps::{FLOW_CACHE, FLOW_CACHE_STATS, PEER_NEIGH},
     packet::{
-        frame_len, ptr_at, Ipv4, ETH_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP, VLAN_ETH_LEN,
-        VLAN_TAG_LEN,
+        frame_len, load_u16, load_u32, ptr_at, store_u16, store_u32, Ipv4, MacPair, ETH_LEN,
+        ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP, VLAN_ETH_LEN, VLAN_TAG_LEN,
     },
     ratelimit,
 };
@@ -74,6 +74,8 @@ pub struct Pending {
     slot: u32,
     _pad: u32,
     key: FlowKey,
+    /// When the lookup ran: the slot's fill time.
+    stamp: u64,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -84,33 +86,18 @@ static FLOW_PENDING: PerCpuArray<Pending, 1> = PerCpuArray::new();
 
 /// Ends a lookup without a forwarded frame: what the pipeline records.
 #[inline(always)]
-fn miss(slot: u32, key: Option<&FlowKey>) -> Lookup {
+fn miss(slot: u32, key: Option<(&FlowKey, u64)>) -> Lookup {
     if let Some(p) = FLOW_PENDING.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU uses it while we run.
         unsafe {
             (*p).slot = slot;
-            if let Some(k) = key {
+            if let Some((k, stamp)) = key {
                 (*p).key = *k;
+                (*p).stamp = stamp;
             }
         }
     }
     Lookup::Miss
-}
-
-/// The first 32 bytes of a `FlowCacheEntry`, same layout: the key, the
-/// generation and the fill time.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct FlowKey {
-    ifindex: u32,
-    src: [u8; 4],
-    dst: [u8; 4],
-    ports: [u8; 4],
-    vlan: u16,
-    proto: u8,
-    dir: u8,
-    generation: u32,
-    stamp: u64,
 }
 
 #[inline(always)]
@@ -118,18 +105,33 @@ fn count(hit: bool) {
     dest_cache::count_in(&FLOW_CACHE_STATS, hit);
 }
 
-/// The first 24 bytes of a slot or key: key and generation.
-#[inline(always)]
-fn words<T>(e: &T) -> [u64; 3] {
-    // SAFETY: used on FlowCacheEntry and FlowKey only: repr(C), at least
-    // 24 bytes, the key and generation first, 8-byte aligned (map values
-    // and stack values alike).
-    unsafe { *(e as *const T as *const [u64; 3]) }
-}
+/// `fast_path`'s answer when the full pipeline has to run.
+const MISS: u32 = u32::MAX;
 
 /// The fast path: forwards the frame if its flow is cached.
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext) -> Lookup {
+    match fast_path(ctx.ctx) {
+        MISS => Lookup::Miss,
+        action => Lookup::Done(action),
+    }
+}
+
+/// The fast path as a function of its own (a BPF subprogram), not inlined
+/// into the pipeline: its instructions then lie together in the JIT image,
+/// a few hundred bytes the CPU keeps in its instruction cache, instead of
+/// strewn across the pipeline's 50 KB.
+#[inline(never)]
+fn fast_path(raw: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    let ctx = &XdpContext::new(raw);
+    match classify(ctx) {
+        Lookup::Done(action) => action,
+        Lookup::Miss => MISS,
+    }
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Lookup {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return miss(NO_SLOT, None);
     };
@@ -184,16 +186,17 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     };
     let key = FlowKey {
         ifindex: ctx.ingress_ifindex() as u32,
-        src: [h[12], h[13], h[14], h[15]],
-        dst: [h[16], h[17], h[18], h[19]],
-        ports: [h[20], h[21], h[22], h[23]],
+        // SAFETY: inside the header bounds checked above.
+        src: unsafe { load_u32(h[12..].as_ptr()) },
+        dst: unsafe { load_u32(h[16..].as_ptr()) },
+        ports: unsafe { load_u32(h[20..].as_ptr()) },
         vlan,
         proto,
         dir,
         generation: dest_cache::generation(),
-        // SAFETY: helper without arguments.
-        stamp: unsafe { bpf_ktime_get_coarse_ns() },
     };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let hash = mix(u32::from_ne_bytes(key.src)
         ^ u32::from_ne_bytes(key.dst).rotate_left(16)
         ^ u32::from_ne_bytes(key.ports).wrapping_mul(0x9e37_79b9)
@@ -205,11 +208,10 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     };
     // SAFETY: per-CPU array slots, valid while the program runs.
     let (ea, eb) = unsafe { (&*a, &*b) };
-    let want = words(&key);
-    let fresh = |e: &FlowCacheEntry| key.stamp.wrapping_sub(e.stamp) < DEST_CACHE_MAX_AGE_NS;
-    let hit = if words(ea) == want && fresh(ea) {
+    let fresh = |e: &FlowCacheEntry| now.wrapping_sub(e.stamp) < DEST_CACHE_MAX_AGE_NS;
+    let hit = if ea.key.same(&key) && fresh(ea) {
         Some(ea)
-    } else if words(eb) == want && fresh(eb) {
+    } else if eb.key.same(&key) && fresh(eb) {
         Some(eb)
     } else {
         None
@@ -217,7 +219,7 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     let victim = || {
         // A slot of this flow first (stale, or refused below), then the
         // older one.
-        if words(ea) == want || ea.stamp <= eb.stamp {
+        if ea.key.same(&key) || ea.stamp <= eb.stamp {
             set
         } else {
             set + 1
@@ -225,22 +227,24 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     };
     let Some(e) = hit else {
         count(false);
-        return miss(victim(), Some(&key));
+        return miss(victim(), Some((&key, now)));
     };
-    // SAFETY: bounds checked by ptr_at in `lookup`; the frame has not moved.
-    let (dmac, smac) = unsafe { ((*eth).dst_addr, (*eth).src_addr) };
+    // SAFETY: bounds checked by ptr_at in `lookup` (14 bytes); the frame
+    // has not moved.
+    let macs = unsafe { MacPair::load(eth as *const u8) };
+    let want = MacPair::of(&e.in_dmac, &e.in_smac);
+    let macs_ok = if dir == flow_dir::TO_VPC {
+        macs.same(&want)
+    } else {
+        macs.same_dst(&want)
+    };
     let peer_unchanged = dir == flow_dir::TO_VPC
         || PEER_NEIGH
             .get(e.tunnel_id)
             .is_some_and(|p| p.valid != 0 && p.mac == e.out_dmac);
-    if dmac != e.in_dmac
-        || (dir == flow_dir::TO_VPC && smac != e.in_smac)
-        || !peer_unchanged
-        || h[8] <= 1
-        || tot_len > e.mtu
-    {
+    if !macs_ok || !peer_unchanged || h[8] <= 1 || tot_len > e.mtu {
         count(false);
-        return miss(victim(), Some(&key));
+        return miss(victim(), Some((&key, now)));
     }
     count(true);
     Lookup::Done(forward_cached(ctx, e, h, l4_check, len))
@@ -267,7 +271,7 @@ fn forward_cached(
     len: usize,
 ) -> u32 {
     let tunnel = Owner::Tunnel(e.tunnel_id);
-    let to_vpc = e.dir == flow_dir::TO_VPC;
+    let to_vpc = e.key.dir == flow_dir::TO_VPC;
     // Frames are charged to the cap as they are on the tunnel (tagged).
     let (bw_dir, tagged_len) = if to_vpc {
         counters::rx(Owner::Connection(e.connection_id), len);
@@ -281,32 +285,37 @@ fn forward_cached(
         counters::fate(tunnel, Fate::RateLimited);
         return DROP;
     }
-    // IPv4: TTL, addresses, header checksum.
-    h[8] -= 1;
-    h[12..16].copy_from_slice(&e.new_src);
-    h[16..20].copy_from_slice(&e.new_dst);
-    let check = u16::from_be_bytes([h[10], h[11]]);
-    h[10..12].copy_from_slice(&csum::adjust(check, e.l3_delta).to_be_bytes());
-    // TCP/UDP: ports and checksum (a UDP checksum of 0 means none).
-    h[20..24].copy_from_slice(&e.new_ports);
-    // SAFETY: bounds checked by ptr_at in `flow`; the frame has not moved.
-    let c = unsafe { &mut *l4_check };
-    let old = u16::from_be_bytes(*c);
-    if !(e.proto == IPPROTO_UDP && old == 0) {
-        let mut new = csum::adjust(old, e.l4_delta);
-        if e.proto == IPPROTO_UDP && new == 0 {
-            new = 0xffff;
+
+    // SAFETY: `h` (24 bytes) and `l4_check` (2 bytes) were bounds checked
+    // by ptr_at in `flow`; the frame has not moved.
+    unsafe {
+        let h = h.as_mut_ptr();
+        // IPv4: TTL, addresses, header checksum.
+        *h.add(8) -= 1;
+        store_u32(h.add(12), e.new_src);
+        store_u32(h.add(16), e.new_dst);
+        let check = u16::from_be_bytes(load_u16(h.add(10)));
+        store_u16(h.add(10), csum::adjust(check, e.l3_delta).to_be_bytes());
+        // TCP/UDP: ports and checksum (a UDP checksum of 0 means none).
+        store_u32(h.add(20), e.new_ports);
+        let c = l4_check as *mut u8;
+        let old = u16::from_be_bytes(load_u16(c));
+        if !(e.key.proto == IPPROTO_UDP && old == 0) {
+            let mut new = csum::adjust(old, e.l4_delta);
+            if e.key.proto == IPPROTO_UDP && new == 0 {
+                new = 0xffff;
+            }
+            store_u16(c, new.to_be_bytes());
         }
-        *c = new.to_be_bytes();
     }
     if to_vpc {
-        if !forward::pop_vlan(ctx, e.out_dmac, e.out_smac) {
+        if !forward::pop_vlan(ctx, MacPair::of(&e.out_dmac, &e.out_smac)) {
             counters::fate(tunnel, Fate::Malformed);
             return DROP;
         }
         counters::tx(Owner::Gateway(e.gateway_id), len - TAG);
     } else {
-        if !forward::push_vlan(ctx, e.out_vlan, e.out_dmac, e.out_smac) {
+        if !forward::push_vlan(ctx, e.out_vlan, MacPair::of(&e.out_dmac, &e.out_smac)) {
             counters::fate(tunnel, Fate::Malformed);
             return DROP;
         }
@@ -358,15 +367,8 @@ pub fn record(ctx: &XdpContext, ip: &Ipv4, o: &Outcome) {
     // SAFETY: per-CPU array slot, only this CPU uses it while we run.
     unsafe {
         *slot = FlowCacheEntry {
-            ifindex: k.ifindex,
-            src: k.src,
-            dst: k.dst,
-            ports: k.ports,
-            vlan: k.vlan,
-            proto: k.proto,
-            dir: k.dir,
-            generation: k.generation,
-            stamp: k.stamp,
+            key: *k,
+            stamp: pending.stamp,
             in_dmac: o.in_dmac,
             in_smac: o.in_smac,
             mtu: o.mtu,

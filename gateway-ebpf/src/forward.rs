@@ -11,7 +11,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     csum,
     dest_cache::Neighbour,
-    packet::{ptr_at, Ipv4, VLAN_TAG_LEN},
+    packet::{ptr_at, Ipv4, MacPair, VLAN_TAG_LEN},
 };
 
 /// Decrements the TTL, updating the header checksum. The caller has checked
@@ -84,11 +84,44 @@ pub fn vpc_neighbour(ctx: &XdpContext, ip: &Ipv4, ingress_ifindex: u32) -> VpcNe
     }
 }
 
+/// How a tag pop or push writes the frame's new MACs: from two arrays, byte
+/// by byte (the full pipeline: its stack frame is at the verifier's 512-byte
+/// limit, and holding the MACs as words there makes it spill past it), or
+/// as four words (`MacPair`: the flow cache's fast path, where every
+/// instruction counts).
+pub trait WriteMacs {
+    /// Writes destination and source MAC at `p`.
+    ///
+    /// # Safety
+    /// `p` must point at a bounds-checked Ethernet header.
+    unsafe fn write(self, p: *mut u8);
+}
+
+impl WriteMacs for ([u8; 6], [u8; 6]) {
+    #[inline(always)]
+    unsafe fn write(self, p: *mut u8) {
+        let eth = p as *mut EthHdr;
+        // SAFETY: the caller's bounds check.
+        unsafe {
+            (*eth).dst_addr = self.0;
+            (*eth).src_addr = self.1;
+        }
+    }
+}
+
+impl WriteMacs for MacPair {
+    #[inline(always)]
+    unsafe fn write(self, p: *mut u8) {
+        // SAFETY: the caller's bounds check.
+        unsafe { self.store(p) }
+    }
+}
+
 /// Removes the 802.1Q tag and writes the MACs. The inner EtherType ends up
 /// in the Ethernet header's type field by itself: the frame start moves
 /// forward by 4 bytes onto it. Returns false if the kernel refused.
 #[inline(always)]
-pub fn pop_vlan(ctx: &XdpContext, dmac: [u8; 6], smac: [u8; 6]) -> bool {
+pub fn pop_vlan(ctx: &XdpContext, macs: impl WriteMacs) -> bool {
     // SAFETY: valid ctx; shrinking the head by 4 of an at least 18-byte frame.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_TAG_LEN) } != 0 {
         return false;
@@ -97,17 +130,14 @@ pub fn pop_vlan(ctx: &XdpContext, dmac: [u8; 6], smac: [u8; 6]) -> bool {
         return false;
     };
     // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).dst_addr = dmac;
-        (*eth).src_addr = smac;
-    }
+    unsafe { macs.write(eth as *mut u8) };
     true
 }
 
 /// Inserts an 802.1Q tag and writes the MACs; the original EtherType
 /// becomes the tag's inner type without being moved.
 #[inline(always)]
-pub fn push_vlan(ctx: &XdpContext, vlan: u16, dmac: [u8; 6], smac: [u8; 6]) -> bool {
+pub fn push_vlan(ctx: &XdpContext, vlan: u16, macs: impl WriteMacs) -> bool {
     // SAFETY: valid ctx; XDP frames have headroom for a tag.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -VLAN_TAG_LEN) } != 0 {
         return false;
@@ -120,8 +150,7 @@ pub fn push_vlan(ctx: &XdpContext, vlan: u16, dmac: [u8; 6], smac: [u8; 6]) -> b
     // SAFETY: bounds checked by ptr_at.
     unsafe {
         let h = &mut *hdr;
-        h[0..6].copy_from_slice(&dmac);
-        h[6..12].copy_from_slice(&smac);
+        macs.write(h.as_mut_ptr());
         h[12] = tpid[0];
         h[13] = tpid[1];
         h[14] = tci[0];

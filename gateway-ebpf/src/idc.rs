@@ -133,7 +133,7 @@ fn ipv4(
                     bandwidth_mbps: tunnel.bandwidth_mbps,
                 },
             );
-            if !forward::pop_vlan(ctx, n.dmac, n.smac) {
+            if !forward::pop_vlan(ctx, (n.dmac, n.smac)) {
                 counters::fate(owner, Fate::Malformed);
                 return DROP;
             }
@@ -144,7 +144,7 @@ fn ipv4(
             // Slow path: the kernel forwards this one untagged packet and
             // resolves the neighbour on the way; the flow's next packets
             // find it and take the fast path. TTL is left to the kernel.
-            if !forward::pop_vlan(ctx, tunnel.connection_mac, src_mac) {
+            if !forward::pop_vlan(ctx, (tunnel.connection_mac, src_mac)) {
                 counters::fate(owner, Fate::Malformed);
                 return DROP;
             }

@@ -5,6 +5,8 @@
 // Atomic add/xchg on map values (ratelimit.rs): the target has no
 // read-modify-write atomic types.
 #![feature(core_intrinsics)]
+// One-load reads of unaligned packet words (packet::load_u32).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod counters;
@@ -33,6 +35,15 @@ pub fn gateway(ctx: XdpContext) -> u32 {
     if let flow_cache::Lookup::Done(action) = flow_cache::lookup(&ctx) {
         return action;
     }
+    pipeline(ctx.ctx)
+}
+
+/// The full pipeline, a BPF subprogram of its own like the fast path: the
+/// two then have separate stack frames (each within the verifier's 512
+/// bytes per call chain) and separate, compact stretches of the JIT image.
+#[inline(never)]
+fn pipeline(raw: *mut aya_ebpf::bindings::xdp_md) -> u32 {
+    let ctx = XdpContext::new(raw);
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is copied out before any other map operation.
     let port = unsafe { maps::PORTS.get(ifindex) }.copied();

@@ -124,7 +124,7 @@ pub fn from_vpc(ctx: &XdpContext, port: &Port) -> u32 {
             bandwidth_mbps: tunnel.bandwidth_mbps,
         },
     );
-    if !forward::push_vlan(ctx, tunnel.vlan, peer, tunnel.connection_mac) {
+    if !forward::push_vlan(ctx, tunnel.vlan, (peer, tunnel.connection_mac)) {
         counters::fate(owner, Fate::Malformed);
         return DROP;
     }

@@ -11,6 +11,8 @@
 //! * `bench_sink`: count and drop (the receiving end of the lab).
 #![no_std]
 #![no_main]
+// packet::load_u32 (BPF inline assembly).
+#![feature(asm_experimental_arch)]
 
 #[allow(dead_code)]
 #[path = "../packet.rs"]
