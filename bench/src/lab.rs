@@ -193,8 +193,13 @@ fn generate(lab: &Lab, gen: &mut BenchProgram, frame: &[u8], frames: u32) -> Res
                 let ifindex = netdev::lookup(&gen_if)
                     .ok_or_else(|| anyhow!("{gen_if} missing"))?
                     .ifindex;
+                // The generator moves each frame onto a cache line and trims
+                // it to the template's length (bench_generator): it needs up
+                // to 63 bytes more than the frame.
+                let mut data_in = frame.to_vec();
+                data_in.resize(frame.len() + 63, 0);
                 let mut ctx = [0u8; 24];
-                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                ctx[4..8].copy_from_slice(&(data_in.len() as u32).to_ne_bytes());
                 ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
                 let mut template: Array<_, [u8; 60]> = Array::try_from(
                     gen.ebpf
@@ -208,7 +213,7 @@ fn generate(lab: &Lab, gen: &mut BenchProgram, frame: &[u8], frames: u32) -> Res
                 let started = Instant::now();
                 gen.prog()?
                     .test_run(TestRunOptions {
-                        data_in: Some(frame),
+                        data_in: Some(&data_in),
                         ctx_in: Some(&ctx),
                         repeat: frames,
                         attrs: TestRunAttrs::new().xdp_live_frames(64),
@@ -461,9 +466,6 @@ impl Gateway {
             self.dp.attach(&lab.in_if, in_ifindex)?;
             self.dp.attach(&lab.out_if, out_ifindex)?;
         }
-        if std::env::var_os("BENCH_DEBUG").is_some() {
-            eprintln!("{}", lab.gw.exec(&["ip", "link"]).unwrap_or_default());
-        }
         let result = self.measure_attached(lab, gen, frames);
         self.dp.detach_all()?;
         result
@@ -615,7 +617,7 @@ fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
     lab.nft("flush ruleset\n")?;
 
     let notes = vec![
-        format!("Generator: `bench_generator` (XDP_TX) run with BPF_F_TEST_XDP_LIVE_FRAMES, {frames} 60-byte frames per run, pinned to CPU {GEN_CPU}; the forwarder's receive NAPI is threaded and pinned to CPU {FWD_CPU}; the sink (XDP_DROP counter) runs on the forwarder's CPU too, for every forwarder alike. Delivered Mpps = frames counted at the sink / generator wall time, measured with bpf_stats off: its two clock reads per program run cost this VM's forwarding CPU about as much as the trivial forwarder itself. Forwarding CPU ns/packet = busy time of CPU {FWD_CPU} (/proc/stat) / frames delivered; XDP program ns/packet = run_time_ns / run_cnt from bpf_stats, in a separate run of {} frames with bpf_stats on (the clock reads included).", (frames / 4).max(1)),
+        format!("Generator: `bench_generator` (XDP_TX) run with BPF_F_TEST_XDP_LIVE_FRAMES, {frames} 60-byte frames per run, each started on a cache line as NIC drivers place received frames (test-run pages put it 48 bytes into one, so every forwarder that reads past byte 16, (a) excepted, paid a second cross-CPU cache-line transfer), pinned to CPU {GEN_CPU}; the forwarder's receive NAPI is threaded and pinned to CPU {FWD_CPU}; the sink (XDP_DROP counter) runs on the forwarder's CPU too, for every forwarder alike. Delivered Mpps = frames counted at the sink / generator wall time, measured with bpf_stats off: its two clock reads per program run cost this VM's forwarding CPU about as much as the trivial forwarder itself. Forwarding CPU ns/packet = busy time of CPU {FWD_CPU} (/proc/stat) / frames delivered; XDP program ns/packet = run_time_ns / run_cnt from bpf_stats, in a separate run of {} frames with bpf_stats on (the clock reads included).", (frames / 4).max(1)),
         "(a) and (b) receive 802.1Q-tagged frames (VLAN 101); (c) and (d) receive the same traffic untagged: this kernel has no 8021q module, so the kernel cannot terminate the VLAN. (b) maps the source 10.1.0.5 to 100.64.1.5 (peer IP mapping 10.1.0.0/24 -> 100.64.1.0/24) and removes the tag; (c) and (d) rewrite the same source with nftables.".into(),
         "The generator itself tops out at the offered rate; a forwarder that keeps up delivers the offered rate, so (a) is this lab's line rate, not the NIC's.".into(),
     ];

@@ -65,7 +65,7 @@ mod maps {
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, LpmTrie, PerCpuArray},
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{btf_map, xdp},
     maps::lpm_trie::Key,
     programs::XdpContext,
@@ -133,8 +133,27 @@ const GENERATED_LEN: usize = 60;
 /// live-frames pages are recycled with whatever the forwarder and the
 /// kernel wrote into them (a popped tag, rewritten MACs, a decremented
 /// TTL), and only the frame's bounds are reset between runs.
+/// Test-run pages put a frame 48 bytes into a cache line (after the page's
+/// own header and XDP_PACKET_HEADROOM), so a 60-byte frame's bytes 16-59,
+/// its IP header included, lie in a second line; NIC drivers start frames
+/// on a cache line. The generator gets `GENERATED_LEN + LINE - 1` bytes and
+/// moves the frame's start onto the next line boundary, then trims it to
+/// `GENERATED_LEN`.
+const LINE: usize = 64;
+
 #[xdp]
 pub fn bench_generator(ctx: XdpContext) -> u32 {
+    let shift = (LINE - ctx.data() % LINE) % LINE;
+    // SAFETY: valid ctx; the frame is GENERATED_LEN + LINE - 1 bytes, so
+    // shrinking it by less than LINE leaves at least GENERATED_LEN.
+    if shift != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, shift as i32) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let extra = packet::frame_len(&ctx).saturating_sub(GENERATED_LEN);
+    // SAFETY: valid ctx; trims the tail to GENERATED_LEN bytes.
+    if extra != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(extra as i32)) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
     let (Some(frame), Some(template)) = (
         packet::ptr_at::<[u8; GENERATED_LEN]>(&ctx, 0),
         BENCH_TEMPLATE.get(0),
