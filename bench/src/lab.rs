@@ -428,8 +428,7 @@ impl Trivial {
                 .attach_to_if_index(self.in_ifindex, XdpMode::Driver)?
         };
         let fd = self.prog.prog()?.fd()?.as_fd().as_raw_fd();
-        let frame = gen.tagged.clone();
-        let r = gen.measure(lab, &frame, frames, Some(fd));
+        let r = gen.measure(lab, true, frames, Some(fd));
         self.prog.prog()?.detach(link)?;
         let r = r?;
         let why = delivered_ok(&r, gen.tagged.len());
@@ -474,8 +473,7 @@ impl Gateway {
     fn measure_attached(&mut self, lab: &Lab, gen: &mut Generator, frames: u32) -> Result<LabRate> {
         let fd = self.dp.program_raw_fd()?;
         let before = Snapshot::read(&self.dp, 1)?;
-        let frame = gen.tagged.clone();
-        let r = gen.measure(lab, &frame, frames, Some(fd))?;
+        let r = gen.measure(lab, true, frames, Some(fd))?;
         let after = Snapshot::read(&self.dp, 1)?;
         let mut why = delivered_ok(&r, gen.tagged.len() - 4);
         // Every frame the gateway saw took the NAT path and was sent on.
@@ -535,17 +533,20 @@ struct Generator {
 }
 
 impl Generator {
-    fn measure(&mut self, lab: &Lab, frame: &[u8], frames: u32, fd: Option<i32>) -> Result<Run> {
+    /// `frames` copies of the tagged (IDC -> VPC, for the XDP forwarders)
+    /// or untagged (for the kernel) frame through the lab.
+    fn measure(&mut self, lab: &Lab, tagged: bool, frames: u32, fd: Option<i32>) -> Result<Run> {
+        let frame = if tagged { &self.tagged } else { &self.untagged };
         measure(lab, &mut self.prog, &self.sink, frame, frames, fd)
     }
 }
 
-/// One round on a fresh lab: (a) and (b) in turn `XDP_TURNS` times, then
-/// (c) and (d); delivered rates with bpf_stats off, since its two clock
-/// reads per program run cost the forwarding CPU as much as a trivial
-/// program does (on this VM: (a) delivered ~4 Mpps without, ~2.3 with);
-/// then one shorter run each of (a) and (b) with bpf_stats on, for their
-/// XDP program ns/packet only.
+/// One round on a fresh lab: (a) and (b) in turn `XDP_TURNS` times, with
+/// bpf_stats off, since its two clock reads per program run cost the
+/// forwarding CPU as much as a trivial program does (on this VM: (a)
+/// delivered ~4 Mpps without, ~2.3 with); then one shorter run each of (a)
+/// and (b) with bpf_stats on, for their XDP program ns/packet only; then
+/// (c) and (d).
 fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
     let lab = Lab::build()?;
     let sink = Sink::attach(&lab)?;
@@ -583,7 +584,6 @@ fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
         }
     }
     drop(gateway);
-    let untagged = gen.untagged.clone();
 
     // (c) kernel forwarding + stateless NAT, (d) kernel conntrack NAT.
     let kernel = [
@@ -600,8 +600,8 @@ fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
     ];
     for (key, name, script) in kernel {
         lab.nft(&format!("flush ruleset\n{script}"))?;
-        let r = gen.measure(&lab, &untagged, frames, None)?;
-        let mut why = delivered_ok(&r, untagged.len());
+        let r = gen.measure(&lab, false, frames, None)?;
+        let mut why = delivered_ok(&r, gen.untagged.len());
         let natted = lab.nft_nat_packets()?;
         // Stateless: the rule rewrites every packet. Conntrack: the rule
         // sees only a flow's first packet; the rest follow its entry.
