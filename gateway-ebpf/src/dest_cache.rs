@@ -23,7 +23,7 @@
 
 use aya_ebpf::{btf_maps::PerCpuArray, helpers::bpf_ktime_get_coarse_ns};
 use gateway_common::{
-    limits::DEST_CACHE_SLOTS, DestCacheEntry, DestCacheStats, Route, DEST_CACHE_MAX_AGE_NS,
+    limits::DEST_CACHE_SLOTS, mix32, DestCacheEntry, DestCacheStats, Route, DEST_CACHE_MAX_AGE_NS,
 };
 
 use crate::{
@@ -56,16 +56,6 @@ pub struct Slot {
     ptr: Option<*mut DestCacheEntry>,
     generation: u32,
     now: u64,
-}
-
-/// Murmur3 finaliser: spreads close keys over the whole u32 range.
-#[inline(always)]
-pub fn mix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
 }
 
 #[inline(always)]
@@ -108,10 +98,12 @@ pub fn probe(key: &Key) -> Probe {
     let generation = generation();
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let h = mix(u32::from_ne_bytes(key.dst)
-        ^ u32::from_ne_bytes(key.src).rotate_left(13)
-        ^ key.ifindex.wrapping_mul(0x9e37_79b9)
-        ^ key.gateway_id.rotate_left(24));
+    let h = mix32(
+        u32::from_ne_bytes(key.dst)
+            ^ u32::from_ne_bytes(key.src).rotate_left(13)
+            ^ key.ifindex.wrapping_mul(0x9e37_79b9)
+            ^ key.gateway_id.rotate_left(24),
+    );
     let set = (h & (DEST_CACHE_SLOTS / 2 - 1)) * 2;
     let (Some(a), Some(b)) = (DEST_CACHE.get_ptr_mut(set), DEST_CACHE.get_ptr_mut(set + 1)) else {
         count(false);

@@ -36,8 +36,7 @@ use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::{
     counters::{self, Owner},
-    csum,
-    dest_cache::{self, mix},
+    csum, dest_cache,
     forward::{self, DROP},
     maps::{FLOW_CACHE, FLOW_CACHE_STATS, PEER_NEIGH},
     packet::{
@@ -161,6 +160,10 @@ fn classify(ctx: &XdpContext) -> Lookup {
 /// The fast path for an IPv4 header at `L3`.
 #[inline(always)]
 fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8) -> Lookup {
+    // The clock first, while nothing else is live: every value held across
+    // a helper call is a stack spill and reload.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(hdr) = ptr_at::<[u8; IP_LEN + 4]>(ctx, L3) else {
         return miss(NO_SLOT, None);
     };
@@ -187,25 +190,26 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     let Some(l4_check) = ptr_at::<[u8; 2]>(ctx, check_at) else {
         return miss(NO_SLOT, None);
     };
-    let key = FlowKey {
-        ifindex: ctx.ingress_ifindex() as u32,
-        // SAFETY: inside the header bounds checked above.
-        src: unsafe { load_u32(h[12..].as_ptr()) },
-        dst: unsafe { load_u32(h[16..].as_ptr()) },
-        ports: unsafe { load_u32(h[20..].as_ptr()) },
-        vlan,
-        proto,
-        dir,
-        generation: dest_cache::generation(),
+    // The key as the three words it is compared as (`FlowKey`'s layout,
+    // little-endian), straight from the frame.
+    // SAFETY: inside the header bounds checked above.
+    let (src, dst, ports) = unsafe {
+        (
+            u32::from_ne_bytes(load_u32(h[12..].as_ptr())),
+            u32::from_ne_bytes(load_u32(h[16..].as_ptr())),
+            u32::from_ne_bytes(load_u32(h[20..].as_ptr())),
+        )
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let hash = mix(u32::from_ne_bytes(key.src)
-        ^ u32::from_ne_bytes(key.dst).rotate_left(16)
-        ^ u32::from_ne_bytes(key.ports).wrapping_mul(0x9e37_79b9)
-        ^ key.ifindex.rotate_left(20)
-        ^ ((vlan as u32) << 8 | proto as u32));
-    let set = (hash & (FLOW_CACHE_SLOTS / 2 - 1)) * 2;
+    let words = [
+        ctx.ingress_ifindex() as u64 | (src as u64) << 32,
+        dst as u64 | (ports as u64) << 32,
+        vlan as u64
+            | (proto as u64) << 16
+            | (dir as u64) << 24
+            | (dest_cache::generation() as u64) << 32,
+    ];
+    let key = FlowKey::from_words(words);
+    let set = FlowKey::set_of(&words, FLOW_CACHE_SLOTS);
     let (Some(a), Some(b)) = (FLOW_CACHE.get_ptr_mut(set), FLOW_CACHE.get_ptr_mut(set + 1)) else {
         return miss(NO_SLOT, None);
     };

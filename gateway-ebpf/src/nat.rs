@@ -41,7 +41,7 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 #[inline(always)]
 fn ip_mapping(kind: u8, owner: u32, addr: [u8; 4]) -> Option<[u8; 4]> {
     let generation = dest_cache::generation();
-    let h = dest_cache::mix(
+    let h = gateway_common::mix32(
         u32::from_ne_bytes(addr) ^ owner.wrapping_mul(0x9e37_79b9) ^ ((kind as u32) << 27),
     );
     let slot = MAPPING_CACHE.get_ptr_mut(h & (MAPPING_CACHE_SLOTS - 1));

@@ -138,7 +138,7 @@ const VLAN_TAG_LEN_BYTES: usize = 4;
 /// The group member that carries the flow with hash `hash`: among the
 /// members whose tunnel is up, only those of the best (lowest) priority
 /// count (the "live tier"); of those, the flow takes the one with the
-/// highest weight `mix(hash, tunnel id)` (rendezvous hashing). A flow thus
+/// highest weight `mix32(hash, tunnel id)` (rendezvous hashing). A flow thus
 /// moves only when its own line leaves the tier (or a line joins that
 /// outweighs it); flows on lines that stay never move, unlike with
 /// `hash % n`. None when every member is down.
@@ -177,7 +177,7 @@ fn pick_member(group: &NexthopGroup, hash: u32) -> Option<u32> {
     for i in 0..MAX_NEXTHOPS {
         if live & (1 << i) != 0 {
             let id = group.tunnels[i];
-            let weight = dest_cache::mix(hash ^ id.wrapping_mul(0x9e37_79b9));
+            let weight = gateway_common::mix32(hash ^ id.wrapping_mul(0x9e37_79b9));
             if chosen.is_none() || weight > best {
                 best = weight;
                 chosen = Some(id);
@@ -200,5 +200,5 @@ fn flow_hash(ctx: &XdpContext, ip: &Ipv4) -> u32 {
             h ^= u32::from_be_bytes([sport[0], sport[1], dport[0], dport[1]]);
         }
     }
-    dest_cache::mix(h)
+    gateway_common::mix32(h)
 }
