@@ -821,7 +821,7 @@ mod tests {
             let mut load = [0u32; (limits::FLOW_CACHE_SLOTS / 2) as usize];
             for i in 0..4096 {
                 let set = FlowKey::set_of(&key(i).words(), slots);
-                assert!(set % 2 == 0 && set < slots);
+                assert!(set.is_multiple_of(2) && set < slots);
                 load[(set / 2) as usize] += 1;
             }
             let distinct = load.iter().filter(|&&n| n > 0).count();
