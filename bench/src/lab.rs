@@ -26,7 +26,7 @@ use tests::Netns;
 use crate::{
     fixture::{BenchProgram, Snapshot, VPC_HOST},
     frames,
-    report::LabRate,
+    report::{LabRate, LabTurn},
     sys::{self, InNetns},
 };
 
@@ -351,18 +351,21 @@ mapped = "100.64.1.0/24"
     )
 }
 
-/// The lab `rounds` times over, each round measuring (a), (b), (c), (d)
-/// once in turn, so a slow spell of this shared machine hits all four
-/// alike rather than one forwarder's every run; each forwarder's best
-/// valid round is kept.
-pub fn run(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
+/// The lab `rounds` times over, each round on a fresh lab measuring (a),
+/// (b) and (c) side by side `turns` times (see `run_once`). Returns each
+/// forwarder's best valid run (the rates table), every valid turn (the
+/// ratios the targets are judged by) and the notes.
+pub fn run(frames: u32, rounds: usize, turns: usize) -> Result<LabResult> {
     let rounds = rounds.max(1);
+    let turns = turns.max(1);
     let mut best: Vec<LabRate> = Vec::new();
+    let mut all_turns = Vec::new();
     let mut notes = Vec::new();
     for round in 0..rounds {
         eprintln!("  lab round {}/{rounds}", round + 1);
-        let (rates, n) = run_once(frames)?;
+        let (rates, t, n) = run_once(frames, turns)?;
         notes = n;
+        all_turns.extend(t);
         for r in rates {
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 eprintln!(
@@ -385,21 +388,28 @@ pub fn run(frames: u32, rounds: usize) -> Result<(Vec<LabRate>, Vec<String>)> {
             }
         }
     }
+    best.sort_by(|x, y| x.key.cmp(&y.key));
     if let Some(a) = best.first().map(|r| r.mpps) {
         for r in &mut best {
             r.vs_line_rate = r.mpps / a;
         }
     }
     if let Some(first) = notes.first_mut() {
-        *first = format!("{first} {rounds} rounds on a fresh lab each, each running (a) and (b) in turn {XDP_TURNS} times, then (c) and (d); the best run of each is shown.");
+        *first = format!("{first} {rounds} rounds on a fresh lab each; each round measures (a), (b) and (c) side by side {turns} times (one after the other, the order rotating from turn to turn, after a warm-up run of (a)), then (a) and (b) once more with bpf_stats on, then (d). The table shows each forwarder's best run; the targets are judged by the median over all turns of the ratios within a turn, so a slow spell of this shared machine, which lasts longer than a turn, cancels out of them.");
     }
-    Ok((best, notes))
+    Ok(LabResult {
+        rates: best,
+        turns: all_turns,
+        notes,
+    })
 }
 
-/// How many times (a) and (b) are measured in turn in each round: the two
-/// XDP forwarders are the ratio the first target is about, so they get
-/// more samples, each next to one of the other.
-const XDP_TURNS: usize = 2;
+/// What `run` measured.
+pub struct LabResult {
+    pub rates: Vec<LabRate>,
+    pub turns: Vec<LabTurn>,
+    pub notes: Vec<String>,
+}
 
 /// (a): the trivial forwarder, loaded in the gateway namespace and
 /// attached only while it is measured.
@@ -541,13 +551,55 @@ impl Generator {
     }
 }
 
-/// One round on a fresh lab: (a) and (b) in turn `XDP_TURNS` times, with
-/// bpf_stats off, since its two clock reads per program run cost the
-/// forwarding CPU as much as a trivial program does (on this VM: (a)
-/// delivered ~4 Mpps without, ~2.3 with); then one shorter run each of (a)
-/// and (b) with bpf_stats on, for their XDP program ns/packet only; then
-/// (c) and (d).
-fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
+/// The kernel forwarders: (c) stateless NAT, (d) conntrack NAT, as
+/// nftables scripts for the gateway namespace.
+const KERNEL: [(&str, &str, &str); 2] = [
+    (
+        "c",
+        "Linux: forwarding + nftables stateless NAT (notrack)",
+        "table ip bench {\n chain pre {\n  type filter hook prerouting priority raw; policy accept;\n  ip saddr 10.1.0.5 notrack ip saddr set 100.64.1.5 counter\n }\n}\n",
+    ),
+    (
+        "d",
+        "Linux: forwarding + conntrack NAT (snat)",
+        "table ip bench {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr 10.1.0.5 counter snat to 100.64.1.5\n }\n}\n",
+    ),
+];
+
+/// (c) or (d): the kernel forwarding with the NAT rule of `KERNEL[which]`,
+/// loaded for this run only.
+fn measure_kernel(lab: &Lab, gen: &mut Generator, which: usize, frames: u32) -> Result<LabRate> {
+    let (key, name, script) = KERNEL[which];
+    lab.nft(&format!("flush ruleset\n{script}"))?;
+    let r = gen.measure(lab, false, frames, None);
+    let natted = lab.nft_nat_packets();
+    lab.nft("flush ruleset\n")?;
+    let (r, natted) = (r?, natted?);
+    let mut why = delivered_ok(&r, gen.untagged.len());
+    // Stateless: the rule rewrites every packet. Conntrack: the rule sees
+    // only a flow's first packet; the rest follow its entry.
+    let want = if key == "c" { r.delivered } else { 1 };
+    if why.is_none() && natted < want {
+        why = Some(format!(
+            "the NAT rule counted {natted} packets, the sink {}",
+            r.delivered
+        ));
+    }
+    Ok(rate(key, name, &r, why))
+}
+
+/// One round on a fresh lab:
+/// - a warm-up run of (a), not kept: a fresh lab's first run is slow;
+/// - `turns` turns of (a), (b) and (c) one after the other, the order
+///   rotating, so that no forwarder always follows the same one; a turn
+///   gives the ratios b/a and b/c of runs seconds apart;
+/// - one shorter run each of (a) and (b) with bpf_stats on, for their XDP
+///   program ns/packet only: the rates are measured with bpf_stats off,
+///   since its two clock reads per program run cost the forwarding CPU as
+///   much as a trivial program does (on this VM: (a) delivered ~4 Mpps
+///   without, ~2.3 with);
+/// - (d).
+fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Vec<String>)> {
     let lab = Lab::build()?;
     let sink = Sink::attach(&lab)?;
     let in_mac = lab.gw.mac(&lab.in_if)?;
@@ -566,10 +618,30 @@ fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
     };
     let mut trivial = Trivial::load(&lab)?;
     let mut gateway = Gateway::load(&lab)?;
+    trivial.measure(&lab, &mut gen, (frames / 4).max(1))?;
     let mut out = Vec::new();
-    for _ in 0..XDP_TURNS {
-        out.push(trivial.measure(&lab, &mut gen, frames)?);
-        out.push(gateway.measure(&lab, &mut gen, frames)?);
+    let mut sides = Vec::new();
+    for turn in 0..turns {
+        let mut got: [Option<LabRate>; 3] = [None, None, None];
+        for i in 0..3 {
+            let which = (turn + i) % 3;
+            got[which] = Some(match which {
+                0 => trivial.measure(&lab, &mut gen, frames)?,
+                1 => gateway.measure(&lab, &mut gen, frames)?,
+                _ => measure_kernel(&lab, &mut gen, 0, frames)?,
+            });
+        }
+        let [Some(a), Some(b), Some(c)] = got else {
+            unreachable!("every turn measures all three");
+        };
+        if a.valid && b.valid && c.valid {
+            sides.push(LabTurn {
+                a_mpps: a.mpps,
+                b_mpps: b.mpps,
+                c_mpps: c.mpps,
+            });
+        }
+        out.extend([a, b, c]);
     }
     {
         // bpf_stats on while this fd is open (kernel.bpf_stats_enabled).
@@ -579,47 +651,21 @@ fn run_once(frames: u32) -> Result<(Vec<LabRate>, Vec<String>)> {
         let a = trivial.measure(&lab, &mut gen, stats_frames)?;
         let b = gateway.measure(&lab, &mut gen, stats_frames)?;
         for r in &mut out {
-            let from = if r.key == "a" { &a } else { &b };
+            let from = match r.key.as_str() {
+                "a" => &a,
+                "b" => &b,
+                _ => continue,
+            };
             r.bpf_ns_per_packet = from.bpf_ns_per_packet.filter(|_| from.valid);
         }
     }
     drop(gateway);
-
-    // (c) kernel forwarding + stateless NAT, (d) kernel conntrack NAT.
-    let kernel = [
-        (
-            "c",
-            "Linux: forwarding + nftables stateless NAT (notrack)",
-            "table ip bench {\n chain pre {\n  type filter hook prerouting priority raw; policy accept;\n  ip saddr 10.1.0.5 notrack ip saddr set 100.64.1.5 counter\n }\n}\n",
-        ),
-        (
-            "d",
-            "Linux: forwarding + conntrack NAT (snat)",
-            "table ip bench {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr 10.1.0.5 counter snat to 100.64.1.5\n }\n}\n",
-        ),
-    ];
-    for (key, name, script) in kernel {
-        lab.nft(&format!("flush ruleset\n{script}"))?;
-        let r = gen.measure(&lab, false, frames, None)?;
-        let mut why = delivered_ok(&r, gen.untagged.len());
-        let natted = lab.nft_nat_packets()?;
-        // Stateless: the rule rewrites every packet. Conntrack: the rule
-        // sees only a flow's first packet; the rest follow its entry.
-        let want = if key == "c" { r.delivered } else { 1 };
-        if why.is_none() && natted < want {
-            why = Some(format!(
-                "the NAT rule counted {natted} packets, the sink {}",
-                r.delivered
-            ));
-        }
-        out.push(rate(key, name, &r, why));
-    }
-    lab.nft("flush ruleset\n")?;
+    out.push(measure_kernel(&lab, &mut gen, 1, frames)?);
 
     let notes = vec![
         format!("Generator: `bench_generator` (XDP_TX) run with BPF_F_TEST_XDP_LIVE_FRAMES, {frames} 60-byte frames per run, each started on a cache line as NIC drivers place received frames (test-run pages put it 48 bytes into one, so every forwarder that reads past byte 16, (a) excepted, paid a second cross-CPU cache-line transfer), pinned to CPU {GEN_CPU}; the forwarder's receive NAPI is threaded and pinned to CPU {FWD_CPU}; the sink (XDP_DROP counter) runs on the forwarder's CPU too, for every forwarder alike. Delivered Mpps = frames counted at the sink / generator wall time, measured with bpf_stats off: its two clock reads per program run cost this VM's forwarding CPU about as much as the trivial forwarder itself. Forwarding CPU ns/packet = busy time of CPU {FWD_CPU} (/proc/stat) / frames delivered; XDP program ns/packet = run_time_ns / run_cnt from bpf_stats, in a separate run of {} frames with bpf_stats on (the clock reads included).", (frames / 4).max(1)),
         "(a) and (b) receive 802.1Q-tagged frames (VLAN 101); (c) and (d) receive the same traffic untagged: this kernel has no 8021q module, so the kernel cannot terminate the VLAN. (b) maps the source 10.1.0.5 to 100.64.1.5 (peer IP mapping 10.1.0.0/24 -> 100.64.1.0/24) and removes the tag; (c) and (d) rewrite the same source with nftables.".into(),
         "The generator itself tops out at the offered rate; a forwarder that keeps up delivers the offered rate, so (a) is this lab's line rate, not the NIC's.".into(),
     ];
-    Ok((out, notes))
+    Ok((out, sides, notes))
 }

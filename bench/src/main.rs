@@ -50,6 +50,8 @@ struct Plan {
     rounds: usize,
     lab_frames: u32,
     lab_rounds: usize,
+    /// Side-by-side turns of (a), (b), (c) per lab round.
+    lab_turns: usize,
     routes: Vec<u64>,
     nat: Vec<u64>,
     tunnels: Vec<u64>,
@@ -78,6 +80,7 @@ fn run(cli: &Cli) -> Result<()> {
             rounds: 2,
             lab_frames: 300_000,
             lab_rounds: 1,
+            lab_turns: 2,
             routes: vec![100, 1_000, 10_000],
             nat: vec![1, 100, 1_000],
             tunnels: vec![1, 64, 512],
@@ -87,8 +90,9 @@ fn run(cli: &Cli) -> Result<()> {
         Plan {
             runs: 20_000,
             rounds: 5,
-            lab_frames: 4_000_000,
+            lab_frames: 2_000_000,
             lab_rounds: 5,
+            lab_turns: 4,
             routes: vec![100, 1_000, 10_000, 100_000, 1_000_000],
             nat: vec![1, 100, 1_000, 10_000, 100_000],
             tunnels: vec![1, 16, 256, 1_024, 4_094],
@@ -115,14 +119,11 @@ fn run(cli: &Cli) -> Result<()> {
     } else {
         costs::Costs::default()
     };
-    let (lab, lab_notes) = if part("lab") {
-        eprintln!(
-            "==> 2. lab line rate ({} frames per forwarder)",
-            plan.lab_frames
-        );
-        lab::run(plan.lab_frames, plan.lab_rounds)?
+    let lab = if part("lab") {
+        eprintln!("==> 2. lab line rate ({} frames per run)", plan.lab_frames);
+        Some(lab::run(plan.lab_frames, plan.lab_rounds, plan.lab_turns)?)
     } else {
-        Default::default()
+        None
     };
     sys::pin_to_cpu(0, MEASURE_CPU)?;
     eprintln!("==> 3. scale");
@@ -163,8 +164,9 @@ fn run(cli: &Cli) -> Result<()> {
         floor_runs: costs.floor.runs,
         costs: costs.paths,
         control: costs.control,
-        lab,
-        lab_notes,
+        lab: lab.as_ref().map(|l| l.rates.clone()).unwrap_or_default(),
+        lab_notes: lab.as_ref().map(|l| l.notes.clone()).unwrap_or_default(),
+        lab_turns: lab.map(|l| l.turns).unwrap_or_default(),
         scale,
         targets: Vec::new(),
         duration_s: started.elapsed().as_secs_f64(),
