@@ -95,7 +95,9 @@ pub fn prog_stats(fd: i32) -> Result<(u64, u64)> {
     Ok((fdinfo(fd, "run_time_ns")?, fdinfo(fd, "run_cnt")?))
 }
 
-/// Busy and total nanoseconds of one CPU so far, from /proc/stat.
+/// Busy and total nanoseconds of one CPU so far, from /proc/stat. Busy
+/// leaves out idle, iowait and steal: time the hypervisor gave to other
+/// guests is not work this CPU did.
 pub fn cpu_time(cpu: usize) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let want = format!("cpu{cpu} ");
@@ -110,7 +112,9 @@ pub fn cpu_time(cpu: usize) -> Result<(u64, u64)> {
         .collect();
     // user nice system idle iowait irq softirq steal ...
     let total: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let idle = ticks.get(3).copied().unwrap_or(0)
+        + ticks.get(4).copied().unwrap_or(0)
+        + ticks.get(7).copied().unwrap_or(0);
     // SAFETY: sysconf has no memory arguments.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let ns = 1_000_000_000 / hz;

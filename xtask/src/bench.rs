@@ -130,6 +130,17 @@ pub fn validate(dir: &Path, quick: bool) -> Result<()> {
             &format!("lab ({k}) bpf_stats ns/packet"),
         )?;
     }
+    // The lab targets are judged by the turns in which (a), (b) and (c)
+    // were all valid.
+    let turns = r["lab_turns"].as_array().context("lab turns missing")?;
+    if turns.is_empty() {
+        bail!("no lab turn with (a), (b) and (c) all valid: the lab targets cannot be judged");
+    }
+    for t in turns {
+        for k in ["a_mpps", "b_mpps", "c_mpps", "a_cpu_ns", "b_cpu_ns", "c_cpu_ns"] {
+            num(&t[k], &format!("lab turn {k}"))?;
+        }
+    }
     let scale = r["scale"].as_array().context("scale missing")?;
     for t in TABLES {
         let points: Vec<&Value> = scale.iter().filter(|p| p["table"] == *t).collect();
