@@ -137,7 +137,9 @@ pub fn validate(dir: &Path, quick: bool) -> Result<()> {
         bail!("no lab turn with (a), (b) and (c) all valid: the lab targets cannot be judged");
     }
     for t in turns {
-        for k in ["a_mpps", "b_mpps", "c_mpps", "a_cpu_ns", "b_cpu_ns", "c_cpu_ns"] {
+        for k in [
+            "a_mpps", "b_mpps", "c_mpps", "a_cpu_ns", "b_cpu_ns", "c_cpu_ns",
+        ] {
             num(&t[k], &format!("lab turn {k}"))?;
         }
     }
