@@ -468,6 +468,41 @@ impl FlowKey {
         unsafe { core::mem::transmute::<FlowKey, [u64; 3]>(*self) }
     }
 
+    /// The words of the key with these fields, built from them directly
+    /// (what `words` gives, without the key in memory): the fast path
+    /// builds its key straight from the frame with this. `addrs_ports` are
+    /// src, dst and ports as read from the frame (`u32::from_ne_bytes`).
+    #[inline(always)]
+    pub fn words_from(
+        ifindex: u32,
+        addrs_ports: [u32; 3],
+        vlan: u16,
+        proto: u8,
+        dir: u8,
+        generation: u32,
+    ) -> [u64; 3] {
+        let [src, dst, ports] = addrs_ports;
+        if cfg!(target_endian = "little") {
+            [
+                ifindex as u64 | (src as u64) << 32,
+                dst as u64 | (ports as u64) << 32,
+                vlan as u64 | (proto as u64) << 16 | (dir as u64) << 24 | (generation as u64) << 32,
+            ]
+        } else {
+            FlowKey {
+                ifindex,
+                src: src.to_ne_bytes(),
+                dst: dst.to_ne_bytes(),
+                ports: ports.to_ne_bytes(),
+                vlan,
+                proto,
+                dir,
+                generation,
+            }
+            .words()
+        }
+    }
+
     /// The key whose words are `w` (the inverse of `words`).
     #[inline(always)]
     pub fn from_words(w: [u64; 3]) -> FlowKey {
@@ -753,12 +788,10 @@ const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());
 mod tests {
     use super::*;
 
-    /// The fast path builds a key's words straight from the frame
-    /// (`flow_cache::flow`): this is the layout it relies on (BPF and the
-    /// machines we build for are little-endian).
+    /// The fast path builds a key's words straight from the frame with
+    /// `FlowKey::words_from`: they must be the key's own words.
     #[test]
-    #[cfg(target_endian = "little")]
-    fn flow_key_words_layout() {
+    fn flow_key_words_from_fields() {
         let k = FlowKey {
             ifindex: 7,
             src: [10, 1, 0, 5],
@@ -769,11 +802,16 @@ mod tests {
             dir: 2,
             generation: 0xdead_beef,
         };
-        let w = k.words();
-        let word = |b: [u8; 4]| u32::from_ne_bytes(b) as u64;
-        assert_eq!(w[0], 7 | word(k.src) << 32);
-        assert_eq!(w[1], word(k.dst) | word(k.ports) << 32);
-        assert_eq!(w[2], 101 | 17 << 16 | 2 << 24 | 0xdead_beef << 32);
+        let word = u32::from_ne_bytes;
+        let w = FlowKey::words_from(
+            k.ifindex,
+            [word(k.src), word(k.dst), word(k.ports)],
+            k.vlan,
+            k.proto,
+            k.dir,
+            k.generation,
+        );
+        assert_eq!(w, k.words());
         assert_eq!(FlowKey::from_words(w), k);
         assert!(k.same(&FlowKey::from_words(w)));
         assert!(!k.same(&FlowKey { generation: 1, ..k }));

@@ -190,8 +190,8 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     let Some(l4_check) = ptr_at::<[u8; 2]>(ctx, check_at) else {
         return miss(NO_SLOT, None);
     };
-    // The key as the three words it is compared as (`FlowKey`'s layout,
-    // little-endian), straight from the frame.
+    // The key as the three words it is compared as, straight from the
+    // frame.
     // SAFETY: inside the header bounds checked above.
     let (src, dst, ports) = unsafe {
         (
@@ -200,14 +200,14 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
             u32::from_ne_bytes(load_u32(h[20..].as_ptr())),
         )
     };
-    let words = [
-        ctx.ingress_ifindex() as u64 | (src as u64) << 32,
-        dst as u64 | (ports as u64) << 32,
-        vlan as u64
-            | (proto as u64) << 16
-            | (dir as u64) << 24
-            | (dest_cache::generation() as u64) << 32,
-    ];
+    let words = FlowKey::words_from(
+        ctx.ingress_ifindex() as u32,
+        [src, dst, ports],
+        vlan,
+        proto,
+        dir,
+        dest_cache::generation(),
+    );
     let key = FlowKey::from_words(words);
     let set = FlowKey::set_of(&words, FLOW_CACHE_SLOTS);
     let (Some(a), Some(b)) = (FLOW_CACHE.get_ptr_mut(set), FLOW_CACHE.get_ptr_mut(set + 1)) else {
