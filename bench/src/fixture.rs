@@ -274,7 +274,7 @@ fn set_udp_source_port(frame: &mut [u8], port: u16) {
 #[derive(Clone, Copy, PartialEq)]
 pub enum Flow {
     /// The same flow every run: forwarded on the fast path (at most 1 % of
-    /// runs miss, when the slot ages out after 1 s and is refilled).
+    /// runs miss, when the slot ages out after 100 jiffies and is refilled).
     Cached,
     /// A new flow every run: every packet misses and takes the full
     /// pipeline (which then fills a slot).

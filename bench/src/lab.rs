@@ -525,7 +525,7 @@ impl Gateway {
                 "gateway counters: tunnel rx {rx}, gateway tx {tx}, other counts {others:?}"
             ));
         }
-        // One flow: its first packet (on each CPU) and one per second when
+        // One flow: its first packet (on each CPU) and one every 100 jiffies when
         // the slot ages out take the full pipeline, the rest the flow
         // cache's fast path.
         let (hits, misses) = before.flow_cache_delta(&after);

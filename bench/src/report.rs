@@ -264,7 +264,7 @@ impl Report {
         if self.floor_runs == 0 {
             let _ = writeln!(s, "Not run (`--only` left out costs).");
         } else {
-            let _ = writeln!(s, "Each run is one test run of one packet (repeat = 1: the gateway rewrites frames, and with `repeat` every run after the first would process its own output). The kernel's own per-run time, mean of the fastest 90%, best of the rounds. Every path is proven from the gateway's counters: the XDP action of every run and the exact counter deltas (rx, tx, fates) of all runs, nothing else moved; and from the flow cache's hit and miss counts: a cached flow's runs hit (at most 1 % miss, when the slot ages out after 1 s), a new flow's every run misses and takes the full pipeline.\n");
+            let _ = writeln!(s, "Each run is one test run of one packet (repeat = 1: the gateway rewrites frames, and with `repeat` every run after the first would process its own output). The kernel's own per-run time, mean of the fastest 90%, best of the rounds. Every path is proven from the gateway's counters: the XDP action of every run and the exact counter deltas (rx, tx, fates) of all runs, nothing else moved; and from the flow cache's hit and miss counts: a cached flow's runs hit (at most 1 % miss, when the slot ages out, after 100 jiffies), a new flow's every run misses and takes the full pipeline.\n");
             let _ = writeln!(
             s,
             "| path | ns/packet | x floor | flow cache hits | runs | check |\n| --- | ---: | ---: | ---: | ---: | --- |"

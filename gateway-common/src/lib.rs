@@ -433,6 +433,16 @@ const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 56);
 /// neighbour's changed MAC can go unnoticed when it does not.
 pub const DEST_CACHE_MAX_AGE_NS: u64 = 1_000_000_000;
 
+/// How long a `FLOW_CACHE` slot is used at most, in jiffies (the kernel's
+/// tick, `bpf_jiffies64()`): 100 is 1 s at the lowest tick rate Linux has
+/// (HZ=100) and 0.1 s at the highest (HZ=1000), so the flow cache never
+/// serves a slot longer than the destination cache's `DEST_CACHE_MAX_AGE_NS`.
+/// Jiffies rather than nanoseconds because the verifier turns
+/// `bpf_jiffies64()` into a single load, where the fast path's clock helper
+/// call (and return) cost about a sixth of its time; refilling a busy flow's
+/// slot ten times a second instead of once costs nothing measurable.
+pub const FLOW_CACHE_MAX_AGE_JIFFIES: u64 = 100;
+
 /// What a `FLOW_CACHE` slot is found by: the flow as received (ingress
 /// port, VLAN, protocol, addresses and ports) and the cache generation it
 /// was filled in, so a slot of an older generation never matches. 24 bytes
@@ -553,13 +563,13 @@ pub fn mix32(mut h: u32) -> u32 {
 ///
 /// Valid while `key.generation` equals `DEST_CACHE_GENERATION[0]` (bumped
 /// by the daemon after every applied config, every line health change and
-/// on kernel neighbour/route/link events) and for `DEST_CACHE_MAX_AGE_NS`
-/// after `stamp`.
+/// on kernel neighbour/route/link events) and for
+/// `FLOW_CACHE_MAX_AGE_JIFFIES` after `stamp` (at most 1 s).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheEntry {
     pub key: FlowKey,
-    /// `bpf_ktime_get_coarse_ns()` when filled.
+    /// `bpf_jiffies64()` when filled.
     pub stamp: u64,
     /// The destination MAC the frame must carry (the port's own).
     pub in_dmac: [u8; 6],

@@ -21,16 +21,17 @@
 //! Validity is the destination cache's: a slot holds the cache generation
 //! read before the pipeline ran (the daemon bumps it after every config
 //! change, every line health change and on kernel neighbour, route and link
-//! events) and is used for `DEST_CACHE_MAX_AGE_NS` at most.
+//! events) and is used for `FLOW_CACHE_MAX_AGE_JIFFIES` at most (1 s at
+//! HZ=100, less at higher tick rates).
 
 use aya_ebpf::{
-    btf_maps::PerCpuArray, helpers::bpf_ktime_get_coarse_ns, macros::btf_map, programs::XdpContext,
+    btf_maps::PerCpuArray, helpers::bpf_jiffies64, macros::btf_map, programs::XdpContext,
 };
 use gateway_common::{
     bandwidth_dir, flow_dir,
     limits::FLOW_CACHE_SLOTS,
     vlan::{TPID_8021Q, VID_MASK},
-    Fate, FlowCacheEntry, FlowKey, DEST_CACHE_MAX_AGE_NS, FLOW_UNTAGGED,
+    Fate, FlowCacheEntry, FlowKey, FLOW_CACHE_MAX_AGE_JIFFIES, FLOW_UNTAGGED,
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
@@ -160,10 +161,11 @@ fn classify(ctx: &XdpContext) -> Lookup {
 /// The fast path for an IPv4 header at `L3`.
 #[inline(always)]
 fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8) -> Lookup {
-    // The clock first, while nothing else is live: every value held across
-    // a helper call is a stack spill and reload.
+    // The clock first, while nothing else is live: to the compiler it is a
+    // helper call, and every value held across one is a stack spill and
+    // reload (the verifier then turns it into a single load of `jiffies`).
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = unsafe { bpf_jiffies64() };
     let Some(hdr) = ptr_at::<[u8; IP_LEN + 4]>(ctx, L3) else {
         return miss(NO_SLOT, None);
     };
@@ -215,7 +217,7 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     };
     // SAFETY: per-CPU array slots, valid while the program runs.
     let (ea, eb) = unsafe { (&*a, &*b) };
-    let fresh = |e: &FlowCacheEntry| now.wrapping_sub(e.stamp) < DEST_CACHE_MAX_AGE_NS;
+    let fresh = |e: &FlowCacheEntry| now.wrapping_sub(e.stamp) < FLOW_CACHE_MAX_AGE_JIFFIES;
     let hit = if ea.key.same(&key) && fresh(ea) {
         Some(ea)
     } else if eb.key.same(&key) && fresh(eb) {
