@@ -241,7 +241,7 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     // SAFETY: bounds checked by ptr_at in `lookup` (14 bytes); the frame
     // has not moved.
     let macs = unsafe { MacPair::load(eth as *const u8) };
-    let want = MacPair::of(&e.in_dmac, &e.in_smac);
+    let want = entry_macs(&e.in_dmac);
     let macs_ok = if dir == flow_dir::TO_VPC {
         macs.same(&want)
     } else {
@@ -250,13 +250,38 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     let peer_unchanged = dir == flow_dir::TO_VPC
         || PEER_NEIGH
             .get(e.tunnel_id)
-            .is_some_and(|p| p.valid != 0 && p.mac == e.out_dmac);
+            .is_some_and(|p| p.valid != 0 && same_mac(&p.mac, &e.out_dmac));
     if !macs_ok || !peer_unchanged || h[8] <= 1 || tot_len > e.mtu {
         count(false);
         return miss(victim(), Some((&key, now)));
     }
     count(true);
     Lookup::Done(forward_cached(ctx, e, h, l4_check, len))
+}
+
+/// A slot's MAC pair: `dmac` and the source MAC stored right after it
+/// (`in_dmac`, `in_smac` or `out_dmac`, `out_smac`; gateway-common asserts
+/// the layout), as four aligned loads. `MacPair::of` reads them byte by
+/// byte (a `[u8; 6]` promises no alignment): 12 loads and 20 shifts and ors
+/// for every pair.
+#[inline(always)]
+fn entry_macs(dmac: &[u8; 6]) -> MacPair {
+    // SAFETY: 12 bytes of one FlowCacheEntry: the MAC and the one after it.
+    unsafe { MacPair::load(dmac.as_ptr()) }
+}
+
+/// Two MACs in map values equal, compared as a 4- and a 2-byte word
+/// (`==` on `[u8; 6]` compares them byte by byte).
+#[inline(always)]
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: 6 bytes each, in map values.
+    unsafe {
+        (u32::from_ne_bytes(load_u32(a)) ^ u32::from_ne_bytes(load_u32(b)))
+            | (u16::from_ne_bytes(load_u16(a.add(4))) ^ u16::from_ne_bytes(load_u16(b.add(4))))
+                as u32
+            == 0
+    }
 }
 
 /// Sum of `~old + new` over the 16-bit words of two equally long fields.
@@ -318,13 +343,13 @@ fn forward_cached(
         }
     }
     if to_vpc {
-        if !forward::pop_vlan(ctx, MacPair::of(&e.out_dmac, &e.out_smac)) {
+        if !forward::pop_vlan(ctx, entry_macs(&e.out_dmac)) {
             counters::fate(tunnel, Fate::Malformed);
             return DROP;
         }
         counters::tx(Owner::Gateway(e.gateway_id), len - TAG);
     } else {
-        if !forward::push_vlan(ctx, e.out_vlan, MacPair::of(&e.out_dmac, &e.out_smac)) {
+        if !forward::push_vlan(ctx, e.out_vlan, entry_macs(&e.out_dmac)) {
             counters::fate(tunnel, Fate::Malformed);
             return DROP;
         }
