@@ -261,9 +261,9 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
 
 /// A slot's MAC pair: `dmac` and the source MAC stored right after it
 /// (`in_dmac`, `in_smac` or `out_dmac`, `out_smac`; gateway-common asserts
-/// the layout), as four aligned loads. `MacPair::of` reads them byte by
-/// byte (a `[u8; 6]` promises no alignment): 12 loads and 20 shifts and ors
-/// for every pair.
+/// the layout), as four aligned loads. Built from the two `[u8; 6]` fields,
+/// which promise no alignment, the pair took 12 byte loads and 20 shifts
+/// and ors.
 #[inline(always)]
 fn entry_macs(dmac: &[u8; 6]) -> MacPair {
     // SAFETY: 12 bytes of one FlowCacheEntry: the MAC and the one after it.

@@ -105,8 +105,8 @@ pub unsafe fn store_u16(p: *mut u8, v: [u8; 2]) {
 /// A frame's destination and source MAC (its first 12 bytes) as four
 /// words: dmac[0..4], dmac[4..6], smac[0..2], smac[2..6]. Four loads or
 /// stores move them to and from the frame (`load`, `store`), and four
-/// aligned ones to and from a map value whose MAC pair starts 4-byte
-/// aligned (`of`; `FlowCacheEntry` asserts its offsets).
+/// aligned ones from a map value whose MAC pair starts 4-byte aligned
+/// (`load` too; `FlowCacheEntry` asserts its offsets).
 #[derive(Clone, Copy)]
 pub struct MacPair {
     d_hi: u32,
@@ -116,16 +116,6 @@ pub struct MacPair {
 }
 
 impl MacPair {
-    #[inline(always)]
-    pub fn of(dmac: &[u8; 6], smac: &[u8; 6]) -> MacPair {
-        MacPair {
-            d_hi: u32::from_ne_bytes([dmac[0], dmac[1], dmac[2], dmac[3]]),
-            d_lo: u16::from_ne_bytes([dmac[4], dmac[5]]),
-            s_hi: u16::from_ne_bytes([smac[0], smac[1]]),
-            s_lo: u32::from_ne_bytes([smac[2], smac[3], smac[4], smac[5]]),
-        }
-    }
-
     /// The MACs at `p` (12 bytes).
     ///
     /// # Safety
