@@ -520,7 +520,8 @@ impl FlowKey {
         unsafe { core::mem::transmute::<[u64; 3], FlowKey>(w) }
     }
 
-    /// The first of the two `FLOW_CACHE` slots (of `slots`, a power of two)
+    /// The first of the two slots (of `slots`, a power of two; slot `n` is
+    /// way `n % 2` of the `FLOW_CACHE` set `n / 2`)
     /// a key with words `w` may be in: the words folded into 32 bits, then
     /// `mix32`. Flows that differ in one field only (a source port, an
     /// address, the VLAN) spread over the table as random ones would
@@ -600,6 +601,14 @@ pub struct FlowCacheEntry {
     pub bandwidth_mbps: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 96);
+
+/// One `FLOW_CACHE` value: the two slots (ways) a flow may be in, so one
+/// map lookup finds both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSet {
+    pub ways: [FlowCacheEntry; 2],
+}
 // The fast path reads each MAC pair as 4 + 2 + 2 + 4 bytes and the new
 // addresses and ports as 4-byte words: aligned loads, given these offsets.
 const _: () = {
@@ -790,6 +799,7 @@ mod pod {
     unsafe impl aya::Pod for DestCacheStats {}
     unsafe impl aya::Pod for MappingCacheEntry {}
     unsafe impl aya::Pod for FlowCacheEntry {}
+    unsafe impl aya::Pod for FlowCacheSet {}
     unsafe impl aya::Pod for FlowKey {}
 }
 const _: () = assert!(limits::MAX_NEXTHOPS.is_power_of_two());

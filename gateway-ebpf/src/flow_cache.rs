@@ -69,8 +69,8 @@ pub enum Lookup {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
-    /// The slot to fill, or `NO_SLOT` for a frame the fast path never
-    /// takes.
+    /// The slot to fill (way `slot % 2` of set `slot / 2`), or `NO_SLOT`
+    /// for a frame the fast path never takes.
     slot: u32,
     _pad: u32,
     key: FlowKey,
@@ -212,11 +212,11 @@ fn flow<const L3: usize>(ctx: &XdpContext, eth: *mut EthHdr, vlan: u16, dir: u8)
     );
     let key = FlowKey::from_words(words);
     let set = FlowKey::set_of(&words, FLOW_CACHE_SLOTS);
-    let (Some(a), Some(b)) = (FLOW_CACHE.get_ptr_mut(set), FLOW_CACHE.get_ptr_mut(set + 1)) else {
+    let Some(ways) = FLOW_CACHE.get_ptr(set / 2) else {
         return miss(NO_SLOT, None);
     };
-    // SAFETY: per-CPU array slots, valid while the program runs.
-    let (ea, eb) = unsafe { (&*a, &*b) };
+    // SAFETY: a per-CPU array value, valid while the program runs.
+    let [ea, eb] = unsafe { &(*ways).ways };
     let fresh = |e: &FlowCacheEntry| now.wrapping_sub(e.stamp) < FLOW_CACHE_MAX_AGE_JIFFIES;
     let hit = if ea.key.same(&key) && fresh(ea) {
         Some(ea)
@@ -387,9 +387,13 @@ pub fn record(ctx: &XdpContext, ip: &Ipv4, o: &Outcome) {
     if pending.slot == NO_SLOT {
         return;
     }
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(pending.slot) else {
+    let Some(ways) = FLOW_CACHE.get_ptr_mut(pending.slot / 2) else {
         return;
     };
+    // SAFETY: a per-CPU array value, valid while the program runs; only
+    // this CPU uses it.
+    let [a, b] = unsafe { &mut (*ways).ways };
+    let slot = if pending.slot & 1 == 0 { a } else { b };
     let Some(p) = ptr_at::<[u8; 4]>(ctx, ip.l4) else {
         return;
     };
@@ -398,27 +402,25 @@ pub fn record(ctx: &XdpContext, ip: &Ipv4, o: &Outcome) {
     let k = &pending.key;
     let (new_src, new_dst) = (ip.src(), ip.dst());
     let addrs = delta4(k.src, new_src) + delta4(k.dst, new_dst);
-    // SAFETY: per-CPU array slot, only this CPU uses it while we run.
-    unsafe {
-        *slot = FlowCacheEntry {
-            key: *k,
-            stamp: pending.stamp,
-            in_dmac: o.in_dmac,
-            in_smac: o.in_smac,
-            mtu: o.mtu,
-            out_vlan: o.out_vlan,
-            new_src,
-            new_dst,
-            new_ports,
-            l3_delta: csum::fold(addrs + TTL_DELTA),
-            l4_delta: csum::fold(addrs + delta4(k.ports, new_ports)),
-            out_dmac: o.out_dmac,
-            out_smac: o.out_smac,
-            out_ifindex: o.out_ifindex,
-            tunnel_id: o.tunnel_id,
-            gateway_id: o.gateway_id,
-            connection_id: o.connection_id,
-            bandwidth_mbps: o.bandwidth_mbps,
-        }
+    // Only this CPU uses its slots while we run.
+    *slot = FlowCacheEntry {
+        key: *k,
+        stamp: pending.stamp,
+        in_dmac: o.in_dmac,
+        in_smac: o.in_smac,
+        mtu: o.mtu,
+        out_vlan: o.out_vlan,
+        new_src,
+        new_dst,
+        new_ports,
+        l3_delta: csum::fold(addrs + TTL_DELTA),
+        l4_delta: csum::fold(addrs + delta4(k.ports, new_ports)),
+        out_dmac: o.out_dmac,
+        out_smac: o.out_smac,
+        out_ifindex: o.out_ifindex,
+        tunnel_id: o.tunnel_id,
+        gateway_id: o.gateway_id,
+        connection_id: o.connection_id,
+        bandwidth_mbps: o.bandwidth_mbps,
     };
 }

@@ -86,10 +86,16 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Maps that only cache what the datapath recomputes on a miss: when an
+/// upgrade changed one's layout, its pin is replaced rather than refused.
+const CACHES: &[&str] = &[names::DEST_CACHE, names::MAPPING_CACHE, names::FLOW_CACHE];
+
 /// Refuses to adopt pinned maps whose shape differs from what `object`
 /// defines (an upgrade that changed a key, value or capacity): aya would
 /// reuse them as they are, and user space and the program would then read
-/// and write entries of the wrong size.
+/// and write entries of the wrong size. A cache of another shape is
+/// unpinned instead, so the program gets a new one: it holds nothing that
+/// must survive (the old program, while still attached, keeps its own).
 pub fn check_pinned_maps(object: &[u8], pin_dir: &Path) -> Result<()> {
     let obj = aya_obj::Object::parse(object).context("parsing the embedded eBPF object")?;
     let mut mismatches = Vec::new();
@@ -122,7 +128,14 @@ pub fn check_pinned_maps(object: &[u8], pin_dir: &Path) -> Result<()> {
             want.value_size(),
             want.max_entries(),
         );
-        if have != need {
+        if have != need && CACHES.contains(name) {
+            std::fs::remove_file(&pin)
+                .with_context(|| format!("removing {} to recreate it", pin.display()))?;
+            info!(
+                "{name}: recreated (pinned with value size {}, entries {}; this gatewayd needs {}, {}): a cache, nothing lost",
+                have.3, have.4, need.3, need.4
+            );
+        } else if have != need {
             let kind = |t: Option<aya::maps::MapType>| {
                 t.map_or_else(|| "an unknown type".to_owned(), |t| format!("{t:?}"))
             };

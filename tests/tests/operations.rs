@@ -254,33 +254,46 @@ fn fresh_resets_state_and_down_removes_the_datapath() -> Result<()> {
     assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 20)?, (20, 20));
     assert!(rx(&lab.stats_json()?) >= 22);
 
+    let counted = rx(&lab.stats_json()?);
     // SIGTERM leaves the datapath: traffic flows with no daemon.
     lab.stop_daemon()?;
     assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
 
-    // An "upgrade" whose map layout differs: a pinned map of another shape.
-    // Adopting it would make both sides read entries of the wrong size, so
-    // run refuses, names the map, and points at --fresh; traffic goes on.
-    let pin = lab.pin_dir().join("NODE_COUNTERS");
-    std::fs::remove_file(&pin)?;
-    tests::run(
+    // An upgrade that changed a cache's layout: the daemon replaces the
+    // cache (it holds nothing that must survive) and keeps everything else,
+    // counters included.
+    pin_map_of_another_shape(&lab.pin_dir(), "FLOW_CACHE")?;
+    lab.start_daemon()?;
+    assert!(
+        lab.log().contains("FLOW_CACHE: recreated"),
+        "the daemon says it replaced the cache:\n{}",
+        lab.log()
+    );
+    assert!(rx(&lab.stats_json()?) >= counted, "counters kept");
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
+    let shown = tests::run(
         "bpftool",
         &[
             "map",
-            "create",
-            &pin.to_string_lossy(),
-            "type",
-            "percpu_array",
-            "key",
-            "4",
-            "value",
-            "8",
-            "entries",
-            "1",
-            "name",
-            "NODE_COUNTERS",
+            "show",
+            "pinned",
+            &lab.pin_dir().join("FLOW_CACHE").to_string_lossy(),
         ],
     )?;
+    let want = format!(
+        "value {}B",
+        std::mem::size_of::<gateway_common::FlowCacheSet>()
+    );
+    assert!(
+        shown.contains(&want),
+        "FLOW_CACHE not recreated with {want}: {shown}"
+    );
+    lab.stop_daemon()?;
+
+    // An "upgrade" whose map layout differs: a pinned map of another shape.
+    // Adopting it would make both sides read entries of the wrong size, so
+    // run refuses, names the map, and points at --fresh; traffic goes on.
+    pin_map_of_another_shape(&lab.pin_dir(), "NODE_COUNTERS")?;
     let err = lab.start_daemon().expect_err("incompatible pinned map");
     let msg = format!("{err:#}");
     assert!(
@@ -317,6 +330,33 @@ fn fresh_resets_state_and_down_removes_the_datapath() -> Result<()> {
     // down without a daemon, with nothing pinned: says so, succeeds.
     let out = lab.down()?;
     assert!(out.contains("nothing pinned"), "{out}");
+    Ok(())
+}
+
+/// Replaces the pinned map `name` with a per-CPU array of another shape
+/// (key 4, value 8, 1 entry), as an earlier gatewayd with another layout
+/// would have left it.
+fn pin_map_of_another_shape(pin_dir: &std::path::Path, name: &str) -> Result<()> {
+    let pin = pin_dir.join(name);
+    std::fs::remove_file(&pin)?;
+    tests::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            &pin.to_string_lossy(),
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            name,
+        ],
+    )?;
     Ok(())
 }
 
