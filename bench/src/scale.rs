@@ -193,9 +193,21 @@ pub fn route_lookup(
     use gateway_common::{nexthop_kind, Route, RouteKey, RoutePrefixKey, RoutePrefixLens};
 
     let all = random_routes(*sizes.iter().max().unwrap_or(&0) as usize, 0x5eed, lens);
-    let mut trie_points = Vec::new();
-    let mut hash_points = Vec::new();
-    let mut cached_points = Vec::new();
+    // Every size's tables first, each in a bench object of its own, so the
+    // rounds below can measure the sizes side by side.
+    struct Table {
+        n: u64,
+        b: BenchProgram,
+        frames: Vec<Vec<u8>>,
+        trie_load: f64,
+        hash_load: f64,
+        trie_mem: u64,
+        hash_mem: u64,
+        cache_before: (u64, u64),
+        best: [f64; 3],
+        valid: [bool; 3],
+    }
+    let mut tables = Vec::new();
     for &n in sizes {
         let mut b = BenchProgram::load_with(
             "bench_route_trie",
@@ -258,38 +270,61 @@ pub fn route_lookup(
         };
         let trie_mem = memlock(&b, "ROUTE_ORACLE")?;
         let hash_mem = memlock(&b, "ROUTES")?;
-        // Interleaved, the same frames: trie, hash, cached, trie, ...; the
-        // best round of each.
-        let mut best = [f64::INFINITY; 3];
-        let mut valid = [true; 3];
         let cache_before = dest_cache_stats(&b)?;
-        for _ in 0..rounds {
+        tables.push(Table {
+            n,
+            b,
+            frames,
+            trie_load,
+            hash_load,
+            trie_mem,
+            hash_mem,
+            cache_before,
+            best: [f64::INFINITY; 3],
+            valid: [true; 3],
+        });
+    }
+    // Interleaved, the same frames per size: in every round every size,
+    // the first size rotating from round to round, and per size trie,
+    // hash, cached; the best round of each. A slow spell of a shared
+    // machine then lands on all sizes of a round, not on one size's every
+    // round, and cancels out of the ratios against the smallest table.
+    for round in 0..rounds {
+        let k = tables.len().max(1);
+        for t in 0..tables.len() {
+            let table = &mut tables[(t + round) % k];
             for (i, prog) in ["bench_route_trie", "bench_route_hash", "bench_route_cached"]
                 .into_iter()
                 .enumerate()
             {
-                b.switch(prog);
+                table.b.switch(prog);
                 let mut times = Vec::with_capacity(runs as usize);
                 for r in 0..runs {
-                    let f = &frames[(r % frames.len() as u64) as usize];
-                    let (action, ns) = b.run(f, 1, 1)?;
+                    let f = &table.frames[(r % table.frames.len() as u64) as usize];
+                    let (action, ns) = table.b.run(f, 1, 1)?;
                     // Every destination lies inside a route.
-                    valid[i] &= action == crate::fixture::XDP_TX;
+                    table.valid[i] &= action == crate::fixture::XDP_TX;
                     times.push(ns);
                 }
-                best[i] = best[i].min(crate::fixture::trimmed_mean(&mut times));
+                table.best[i] = table.best[i].min(crate::fixture::trimmed_mean(&mut times));
             }
         }
-        let cache_after = dest_cache_stats(&b)?;
+    }
+    let mut trie_points = Vec::new();
+    let mut hash_points = Vec::new();
+    let mut cached_points = Vec::new();
+    for table in &tables {
+        let (n, best, valid) = (table.n, table.best, table.valid);
+        let cache_after = dest_cache_stats(&table.b)?;
         let (hits, misses) = (
-            cache_after.0 - cache_before.0,
-            cache_after.1 - cache_before.1,
+            cache_after.0 - table.cache_before.0,
+            cache_after.1 - table.cache_before.1,
         );
         let hit_rate = hits as f64 / (hits + misses).max(1) as f64;
         for (i, (points, load, mem)) in [
-            (&mut trie_points, trie_load, trie_mem),
-            (&mut hash_points, hash_load, hash_mem),
-            (&mut cached_points, hash_load, hash_mem),
+            (&mut trie_points, table.trie_load, table.trie_mem),
+            (&mut hash_points, table.hash_load, table.hash_mem),
+            (&mut cached_points, table.hash_load, table.hash_mem),
         ]
         .into_iter()
         .enumerate()
