@@ -129,7 +129,7 @@ fn run(cli: &Cli) -> Result<()> {
     eprintln!("==> 3. scale");
     let mut scale = Vec::new();
     if part("routes") {
-        scale.extend(scale::routes(&plan.routes, plan.scale_runs)?);
+        scale.extend(scale::routes(&plan.routes, plan.scale_runs, plan.rounds)?);
         scale.extend(scale::route_lookup(
             &plan.routes,
             plan.scale_runs,
@@ -149,10 +149,10 @@ fn run(cli: &Cli) -> Result<()> {
         }
     }
     if part("nat") {
-        scale.extend(scale::nat(&plan.nat, plan.scale_runs)?);
+        scale.extend(scale::nat(&plan.nat, plan.scale_runs, plan.rounds)?);
     }
     if part("tunnels") {
-        scale.extend(scale::tunnels(&plan.tunnels, plan.scale_runs)?);
+        scale.extend(scale::tunnels(&plan.tunnels, plan.scale_runs, plan.rounds)?);
     }
 
     let mut report = report::Report {

@@ -134,14 +134,13 @@ fn point(table: &str, size: u64, gw: &GatewayNs, load: f64, maps: &[&str]) -> Re
 
 /// Routes: VPC -> IDC (the direction that looks up customer prefixes),
 /// every destination inside a random route of the table.
-pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
+pub fn routes(sizes: &[u64], runs: u64, rounds: usize) -> Result<Vec<ScalePoint>> {
     let all = random_routes(
         *sizes.iter().max().unwrap_or(&0) as usize,
         0x5eed,
         FEW_LENGTHS,
     );
-    let mut out = Vec::new();
-    for &n in sizes {
+    by_rounds(sizes, rounds, |n| {
         let mut gw = GatewayNs::new(CONFIG)?;
         let mut config: Config = gw.config.clone();
         config.tunnels[0]
@@ -173,9 +172,8 @@ pub fn routes(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             .collect();
         let mut p = point("routes", n, &gw, load, &route_maps())?;
         measure_new_flows(&mut gw, &mut p, &probes, runs, 2)?;
-        out.push(p);
-    }
-    Ok(ratios(out))
+        Ok(p)
+    })
 }
 
 /// Route lookup alone, the LPM trie against the gateway's hash code on
@@ -377,9 +375,8 @@ pub fn route_maps() -> Vec<&'static str> {
 
 /// NAT: N host peer mappings on the mapped tunnel; IDC -> VPC frames from
 /// sources spread over them.
-pub fn nat(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
-    let mut out = Vec::new();
-    for &n in sizes {
+pub fn nat(sizes: &[u64], runs: u64, rounds: usize) -> Result<Vec<ScalePoint>> {
+    by_rounds(sizes, rounds, |n| {
         let mut gw = GatewayNs::new(CONFIG)?;
         let mut config: Config = gw.config.clone();
         config.tunnels[1].peer_ip_mappings = (0..n as u32)
@@ -411,9 +408,8 @@ pub fn nat(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
             .collect();
         let mut p = point("nat", n, &gw, load, &[names::IP_MAPPINGS])?;
         measure_new_flows(&mut gw, &mut p, &probes, runs, 2)?;
-        out.push(p);
-    }
-    Ok(ratios(out))
+        Ok(p)
+    })
 }
 
 /// The config with `n` tunnels on the one connection (VLANs 1..=n), each
@@ -450,9 +446,8 @@ interface = "vpc0"
 }
 
 /// Tunnels: IDC -> VPC frames on VLANs spread over all tunnels.
-pub fn tunnels(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
-    let mut out = Vec::new();
-    for &n in sizes {
+pub fn tunnels(sizes: &[u64], runs: u64, rounds: usize) -> Result<Vec<ScalePoint>> {
+    by_rounds(sizes, rounds, |n| {
         let text = tunnels_config(n);
         let mut gw = GatewayNs::new(&text)?;
         let plan = gw.plan(&gw.config.clone())?;
@@ -487,9 +482,43 @@ pub fn tunnels(sizes: &[u64], runs: u64) -> Result<Vec<ScalePoint>> {
         )?;
         let max_id = plan.tunnels.keys().max().copied().unwrap_or(0) + 1;
         measure_new_flows(&mut gw, &mut p, &probes, runs, max_id)?;
-        out.push(p);
+        Ok(p)
+    })
+}
+
+/// Measures every size `rounds` times, on a fresh gateway each time, the
+/// sizes in turn (the first rotating from round to round). A size's cost
+/// is its fastest round and its load time the shortest, so a slow spell
+/// of a shared machine, which spoils a stretch of one round, does not
+/// decide a ratio against the smallest size (measured size by size, it
+/// did: 100 routes read 1165 ns and 1000 routes 770 ns in one run). A
+/// size is valid only if every round was: one packet on a wrong path is a
+/// fault, not noise.
+fn by_rounds(
+    sizes: &[u64],
+    rounds: usize,
+    mut one: impl FnMut(u64) -> Result<ScalePoint>,
+) -> Result<Vec<ScalePoint>> {
+    let mut best: Vec<Option<ScalePoint>> = vec![None; sizes.len()];
+    for round in 0..rounds.max(1) {
+        for k in 0..sizes.len() {
+            let i = (k + round) % sizes.len();
+            let p = one(sizes[i])?;
+            best[i] = Some(match best[i].take() {
+                None => p,
+                Some(mut b) => {
+                    if !p.valid && b.valid {
+                        b.valid = false;
+                        b.why_invalid = p.why_invalid.clone();
+                    }
+                    b.load_ms = b.load_ms.min(p.load_ms);
+                    b.ns = b.ns.min(p.ns);
+                    b
+                }
+            });
+        }
     }
-    Ok(ratios(out))
+    Ok(ratios(best.into_iter().flatten().collect()))
 }
 
 /// Measures `probes` at one table size as new flows (`new_flows`: every
