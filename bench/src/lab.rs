@@ -471,12 +471,19 @@ struct Gateway {
 
 impl Gateway {
     fn load(lab: &Lab) -> Result<Gateway> {
+        Self::load_object(lab, ebpf::gateway_object()?, "")
+    }
+
+    /// The gateway built from `object` (an eBPF object file of this
+    /// repository's gateway-ebpf, possibly of another commit), its maps
+    /// pinned under the lab's name plus `suffix`.
+    fn load_object(lab: &Lab, object: &[u8], suffix: &str) -> Result<Gateway> {
         let _in = InNetns::enter(lab.gw.name())?;
         let pin_dir = std::path::Path::new("/sys/fs/bpf")
             .join("gatewayd-bench")
-            .join(lab.gw.name());
+            .join(format!("{}{suffix}", lab.gw.name()));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let mut dp = Datapath::load(ebpf::gateway_object()?, &pin_dir)?;
+        let mut dp = Datapath::load(object, &pin_dir)?;
         let config = Config::parse(&gateway_config(lab), "lab.toml").map_err(|e| anyhow!("{e}"))?;
         let p = plan::build(&config, &netdev::lookup, &dp.existing()?)?;
         dp.apply(&p)?;
@@ -604,6 +611,25 @@ fn measure_kernel(lab: &Lab, gen: &mut Generator, which: usize, frames: u32) -> 
     Ok(rate(key, name, &r, why))
 }
 
+/// The lab's generator, sending to the gateway's IDC port of `lab`.
+fn generator(lab: &Lab) -> Result<Generator> {
+    let sink = Sink::attach(lab)?;
+    let in_mac = lab.gw.mac(&lab.in_if)?;
+    Ok(Generator {
+        prog: BenchProgram::load("bench_generator")?,
+        sink,
+        tagged: frames::udp_tagged(101, in_mac, [10, 1, 0, 5], VPC_HOST),
+        untagged: frames::udp_untagged(
+            [2, 0, 0, 0, 1, 5],
+            in_mac,
+            [10, 1, 0, 5],
+            40000,
+            VPC_HOST,
+            53,
+        ),
+    })
+}
+
 /// One round on a fresh lab:
 /// - a warm-up run of (a), not kept: a fresh lab's first run is slow;
 /// - `turns` turns of (a), (b) and (c) one after the other, the order
@@ -617,21 +643,7 @@ fn measure_kernel(lab: &Lab, gen: &mut Generator, which: usize, frames: u32) -> 
 /// - (d).
 fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Vec<String>)> {
     let lab = Lab::build()?;
-    let sink = Sink::attach(&lab)?;
-    let in_mac = lab.gw.mac(&lab.in_if)?;
-    let mut gen = Generator {
-        prog: BenchProgram::load("bench_generator")?,
-        sink,
-        tagged: frames::udp_tagged(101, in_mac, [10, 1, 0, 5], VPC_HOST),
-        untagged: frames::udp_untagged(
-            [2, 0, 0, 0, 1, 5],
-            in_mac,
-            [10, 1, 0, 5],
-            40000,
-            VPC_HOST,
-            53,
-        ),
-    };
+    let mut gen = generator(&lab)?;
     let mut trivial = Trivial::load(&lab)?;
     let mut gateway = Gateway::load(&lab)?;
     trivial.measure(&lab, &mut gen, (frames / 4).max(1))?;
@@ -687,4 +699,116 @@ fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Ve
         "The generator itself tops out at the offered rate; a forwarder that keeps up delivers the offered rate, so (a) is this lab's line rate, not the NIC's.".into(),
     ];
     Ok((out, sides, notes))
+}
+
+/// The name `compare` takes for the gateway object this binary embeds.
+pub const EMBEDDED: &str = "embedded";
+
+/// One object's turns in `compare`.
+struct Compared {
+    path: String,
+    gateway: Gateway,
+    ratios: Vec<f64>,
+    mpps: Vec<f64>,
+    cpu_ns: Vec<f64>,
+    bpf_ns: Vec<f64>,
+    invalid: Vec<String>,
+}
+
+/// `gateway-bench --compare A B ...`: the trivial forwarder (a) and the
+/// gateway built from each eBPF object file given, in one lab, `turns`
+/// times: per turn (a), then every object, their order rotating from
+/// turn to turn. Two builds measured in separate runs differ by more
+/// than the change between them on a shared machine; measured side by
+/// side, each against the (a) of its own turn, a few percent show. With
+/// `bpf_stats`, also each program's own time per packet (its clock reads
+/// included; the rates then carry them too). Returns the table to print.
+pub fn compare(
+    objects: &[std::path::PathBuf],
+    frames: u32,
+    turns: usize,
+    bpf_stats: bool,
+) -> Result<String> {
+    let mut loaded = Vec::new();
+    for path in objects {
+        let bytes = if path.as_os_str() == EMBEDDED {
+            ebpf::gateway_object()?.to_vec()
+        } else {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        };
+        loaded.push((path.display().to_string(), bytes));
+    }
+    let lab = Lab::build()?;
+    let mut gen = generator(&lab)?;
+    let mut trivial = Trivial::load(&lab)?;
+    let mut sides = Vec::new();
+    for (i, (path, bytes)) in loaded.iter().enumerate() {
+        let gateway = Gateway::load_object(&lab, bytes, &format!("-{i}"))
+            .with_context(|| format!("loading the gateway from {path}"))?;
+        sides.push(Compared {
+            path: path.clone(),
+            gateway,
+            ratios: Vec::new(),
+            mpps: Vec::new(),
+            cpu_ns: Vec::new(),
+            bpf_ns: Vec::new(),
+            invalid: Vec::new(),
+        });
+    }
+    // bpf_stats on while this fd is open (kernel.bpf_stats_enabled).
+    let _stats = bpf_stats
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()
+        .context("enabling bpf_stats")?;
+    trivial.measure(&lab, &mut gen, (frames / 4).max(1))?;
+    let mut a_mpps = Vec::new();
+    for turn in 0..turns {
+        let a = trivial.measure(&lab, &mut gen, frames)?;
+        if !a.valid {
+            eprintln!("  turn {}: (a) invalid, turn skipped", turn + 1);
+            continue;
+        }
+        a_mpps.push(a.mpps);
+        let k = sides.len();
+        for j in 0..k {
+            let side = &mut sides[(j + turn) % k];
+            let r = side.gateway.measure(&lab, &mut gen, frames)?;
+            if !r.valid {
+                side.invalid.push(r.why_invalid.unwrap_or_default());
+                continue;
+            }
+            side.ratios.push(r.mpps / a.mpps);
+            side.mpps.push(r.mpps);
+            side.cpu_ns.push(r.cpu_ns_per_packet);
+            side.bpf_ns.extend(r.bpf_ns_per_packet);
+        }
+        eprintln!("  turn {}/{turns}: (a) {:.2} Mpps", turn + 1, a.mpps);
+    }
+    let median = |v: &[f64]| {
+        crate::report::Spread::of(v.to_vec()).map_or("-".to_owned(), |m| format!("{:.1}", m.median))
+    };
+    let mut out = format!(
+        "(a) {} Mpps by median over {} valid turns of {frames} frames\n\n| object | (b)/(a) median (quartiles) | Mpps | forwarding CPU ns/packet | XDP program ns/packet | invalid runs |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
+        crate::report::Spread::of(a_mpps.clone()).map_or("-".to_owned(), |m| format!("{:.2}", m.median)),
+        a_mpps.len()
+    );
+    for side in &sides {
+        let ratio = crate::report::Spread::of(side.ratios.clone()).map_or("-".to_owned(), |m| {
+            format!("{:.3}x ({:.3}x - {:.3}x)", m.median, m.q1, m.q3)
+        });
+        let mpps = crate::report::Spread::of(side.mpps.clone())
+            .map_or("-".to_owned(), |m| format!("{:.2}", m.median));
+        out.push_str(&format!(
+            "| {} | {ratio} | {mpps} | {} | {} | {} |\n",
+            side.path,
+            median(&side.cpu_ns),
+            median(&side.bpf_ns),
+            side.invalid.len()
+        ));
+        if let Some(why) = side.invalid.first() {
+            out.push_str(&format!("\n{}: first invalid run: {why}\n", side.path));
+        }
+    }
+    drop(sides);
+    Ok(out)
 }

@@ -40,7 +40,25 @@ struct Cli {
     /// How the run was started, for the report.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
+    /// Instead of the benchmark: the lab's trivial forwarder (a) and the
+    /// gateway built from each of these eBPF object files (e.g. the
+    /// `gateway` object in target/release/build/gateway-user-*/out/ of two
+    /// commits; `embedded` is this binary's own), side by side in one lab;
+    /// prints each one's (b)/(a).
+    #[arg(long, num_args = 1.., value_name = "OBJECT")]
+    compare: Vec<PathBuf>,
+    /// Turns of `--compare`: ~0.4 s each per object; 40 tell a 5 %
+    /// difference apart on a shared 2-vCPU VM, 20 often do not.
+    #[arg(long, default_value_t = 40)]
+    compare_turns: usize,
+    /// `--compare` with bpf_stats on: also each program's own time per
+    /// packet (its two clock reads included, and the rates carry them).
+    #[arg(long)]
+    compare_bpf_stats: bool,
 }
+
+/// Frames per run of `--compare`: short runs, many turns.
+const COMPARE_FRAMES: u32 = 300_000;
 
 /// The CPU the per-packet and scale test runs are made on.
 const MEASURE_CPU: usize = 1;
@@ -73,6 +91,22 @@ fn run(cli: &Cli) -> Result<()> {
     }
     if sys::online_cpus() < 2 {
         bail!("needs 2 CPUs: the lab keeps the generator and the forwarder on different CPUs");
+    }
+    if !cli.compare.is_empty() {
+        sys::pin_to_cpu(0, MEASURE_CPU)?;
+        eprintln!(
+            "==> compare: (a) and {} gateway objects, {} turns",
+            cli.compare.len(),
+            cli.compare_turns
+        );
+        let table = lab::compare(
+            &cli.compare,
+            COMPARE_FRAMES,
+            cli.compare_turns,
+            cli.compare_bpf_stats,
+        )?;
+        println!("{table}");
+        return Ok(());
     }
     let plan = if cli.quick {
         Plan {

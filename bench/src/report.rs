@@ -117,15 +117,15 @@ pub struct Report {
 }
 
 /// Median and quartiles of a sample.
-struct Spread {
-    n: usize,
-    q1: f64,
-    median: f64,
-    q3: f64,
+pub struct Spread {
+    pub n: usize,
+    pub q1: f64,
+    pub median: f64,
+    pub q3: f64,
 }
 
 impl Spread {
-    fn of(mut v: Vec<f64>) -> Option<Spread> {
+    pub fn of(mut v: Vec<f64>) -> Option<Spread> {
         v.retain(|x| x.is_finite());
         if v.is_empty() {
             return None;

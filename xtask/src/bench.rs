@@ -41,6 +41,56 @@ pub fn run(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// `gateway-bench --compare embedded embedded` for two turns: the A/B
+/// tool runs to completion and prints a valid row per object (the same
+/// object twice: every run valid, a ratio to (a) and program times).
+pub fn compare_smoke() -> Result<()> {
+    let mut c = cmd::cargo();
+    c.current_dir(workspace_root())
+        .args(["run", "--release", "-p", "gateway-bench", "--"])
+        .args(["--compare", "embedded", "embedded"])
+        .args(["--compare-turns", "2", "--compare-bpf-stats"]);
+    println!("==> {}", cmd::describe(&c));
+    let out = c.output().context("starting cargo run")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "gateway-bench --compare failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    print!("{text}");
+    check_compare_table(&text)
+}
+
+/// The `--compare` table holds one row per object, each with a ratio, a
+/// program time and no invalid run.
+fn check_compare_table(text: &str) -> Result<()> {
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("| embedded |"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    if rows.len() != 2 {
+        bail!(
+            "--compare printed {} rows for 2 objects:\n{text}",
+            rows.len()
+        );
+    }
+    for r in rows {
+        // "", object, ratio, Mpps, CPU ns, program ns, invalid, "".
+        let ratio_ok = r[2].ends_with(')') && r[2].contains("x (");
+        let numbers_ok = [r[3], r[4], r[5]]
+            .iter()
+            .all(|v| v.parse::<f64>().is_ok_and(|x| x > 0.0));
+        if !ratio_ok || !numbers_ok || r[6] != "0" {
+            bail!("--compare row without a ratio, a rate, CPU and program times, or with invalid runs: {r:?}");
+        }
+    }
+    Ok(())
+}
+
 /// The paths of part 1 the report must have (the forwarding paths twice:
 /// the flow cached, and a new flow through the full pipeline).
 const PATHS: &[&str] = &[
@@ -172,4 +222,26 @@ pub fn validate(dir: &Path, quick: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_compare_table;
+
+    const OK: &str = "| object | ... |\n\
+        | embedded | 0.950x (0.900x - 1.000x) | 2.50 | 300.0 | 120.0 | 0 |\n\
+        | embedded | 1.010x (0.950x - 1.050x) | 2.60 | 290.0 | 118.0 | 0 |\n";
+
+    #[test]
+    fn compare_table_with_two_valid_rows_passes() {
+        check_compare_table(OK).unwrap();
+    }
+
+    #[test]
+    fn compare_table_with_invalid_runs_a_missing_row_or_time_fails() {
+        assert!(check_compare_table(&OK.replacen("| 0 |", "| 1 |", 1)).is_err());
+        assert!(check_compare_table(&OK.lines().take(2).collect::<Vec<_>>().join("\n")).is_err());
+        assert!(check_compare_table(&OK.replace("120.0", "-")).is_err());
+        assert!(check_compare_table(&OK.replace("0.950x (0.900x - 1.000x)", "-")).is_err());
+    }
 }

@@ -137,8 +137,8 @@ pub fn run(quick_unit: bool, test_args: &[String]) -> ExitCode {
         steps.push((
             "bench --quick",
             Box::new(|| {
-                banner("bench --quick: cargo xtask bench --quick, then the report is validated");
-                match crate::bench::run(true) {
+                banner("bench --quick: cargo xtask bench --quick, then the report is validated; then --compare");
+                match crate::bench::run(true).and_then(|()| crate::bench::compare_smoke()) {
                     Ok(()) => (true, String::new()),
                     Err(e) => (false, format!("{e:#}")),
                 }
