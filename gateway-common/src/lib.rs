@@ -602,13 +602,6 @@ pub struct FlowCacheEntry {
 }
 const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 96);
 
-/// One `FLOW_CACHE` value: the two slots (ways) a flow may be in, so one
-/// map lookup finds both.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCacheSet {
-    pub ways: [FlowCacheEntry; 2],
-}
 // The fast path reads each MAC pair as 4 + 2 + 2 + 4 bytes and the new
 // addresses and ports as 4-byte words: aligned loads, given these offsets.
 const _: () = {
@@ -621,6 +614,16 @@ const _: () = {
     assert!(offset_of!(FlowCacheEntry, new_dst) % 4 == 0);
     assert!(offset_of!(FlowCacheEntry, new_ports) % 4 == 0);
 };
+
+/// One `FLOW_CACHE` value: the two slots (ways) a flow may be in, so one
+/// map lookup finds both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSet {
+    pub ways: [FlowCacheEntry; 2],
+}
+// Way 1 starts 96 bytes in, so its MACs and words keep way 0's alignment.
+const _: () = assert!(core::mem::size_of::<FlowCacheSet>() == 2 * 96);
 
 /// `FlowKey::vlan` of a frame received untagged (on a VPC port).
 pub const FLOW_UNTAGGED: u16 = 0xffff;
