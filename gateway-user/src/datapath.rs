@@ -99,6 +99,7 @@ const CACHES: &[&str] = &[names::DEST_CACHE, names::MAPPING_CACHE, names::FLOW_C
 pub fn check_pinned_maps(object: &[u8], pin_dir: &Path) -> Result<()> {
     let obj = aya_obj::Object::parse(object).context("parsing the embedded eBPF object")?;
     let mut mismatches = Vec::new();
+    let mut stale_caches = Vec::new();
     for name in names::ALL {
         let pin = pin_dir.join(name);
         if !pin.exists() {
@@ -128,37 +129,43 @@ pub fn check_pinned_maps(object: &[u8], pin_dir: &Path) -> Result<()> {
             want.value_size(),
             want.max_entries(),
         );
-        if have != need && CACHES.contains(name) {
-            std::fs::remove_file(&pin)
-                .with_context(|| format!("removing {} to recreate it", pin.display()))?;
-            info!(
-                "{name}: recreated (pinned with value size {}, entries {}; this gatewayd needs {}, {}): a cache, nothing lost",
-                have.3, have.4, need.3, need.4
-            );
-        } else if have != need {
-            let kind = |t: Option<aya::maps::MapType>| {
-                t.map_or_else(|| "an unknown type".to_owned(), |t| format!("{t:?}"))
-            };
-            mismatches.push(format!(
-                "{name}: pinned (key {}, value {}, entries {}) as {} with flags {:#x} but this gatewayd needs (key {}, value {}, entries {}) as {} with flags {:#x}",
-                have.2,
-                have.3,
-                have.4,
-                kind(have.0),
-                have.1,
-                need.2,
-                need.3,
-                need.4,
-                kind(need.0),
-                need.1
-            ));
+        if have == need {
+            continue;
         }
+        if CACHES.contains(name) {
+            // Replaced below, once no other map makes run refuse.
+            stale_caches.push((name, pin, have.3, have.4, need.3, need.4));
+            continue;
+        }
+        let kind = |t: Option<aya::maps::MapType>| {
+            t.map_or_else(|| "an unknown type".to_owned(), |t| format!("{t:?}"))
+        };
+        mismatches.push(format!(
+            "{name}: pinned (key {}, value {}, entries {}) as {} with flags {:#x} but this gatewayd needs (key {}, value {}, entries {}) as {} with flags {:#x}",
+            have.2,
+            have.3,
+            have.4,
+            kind(have.0),
+            have.1,
+            need.2,
+            need.3,
+            need.4,
+            kind(need.0),
+            need.1
+        ));
     }
     if !mismatches.is_empty() {
         bail!(
             "the maps pinned in {} were made by a gatewayd with a different map layout:\n  {}\n`gatewayd run --fresh` recreates them: XDP is detached until re-attached, counters and learned peer MACs reset",
             pin_dir.display(),
             mismatches.join("\n  ")
+        );
+    }
+    for (name, pin, have_value, have_entries, need_value, need_entries) in stale_caches {
+        std::fs::remove_file(&pin)
+            .with_context(|| format!("removing {} to recreate it", pin.display()))?;
+        info!(
+            "{name}: recreated (pinned with value size {have_value}, entries {have_entries}; this gatewayd needs {need_value}, {need_entries}): a cache, nothing lost"
         );
     }
     Ok(())
