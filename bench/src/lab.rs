@@ -784,31 +784,31 @@ pub fn compare(
         }
         eprintln!("  turn {}/{turns}: (a) {:.2} Mpps", turn + 1, a.mpps);
     }
-    let median = |v: &[f64]| {
-        crate::report::Spread::of(v.to_vec()).map_or("-".to_owned(), |m| format!("{:.1}", m.median))
+    // A sample's spread as text, "-" when it is empty.
+    let spread = |v: &[f64], text: &dyn Fn(&crate::report::Spread) -> String| {
+        crate::report::Spread::of(v.to_vec()).map_or("-".to_owned(), |m| text(&m))
     };
+    let median = |digits: usize| move |m: &crate::report::Spread| format!("{:.digits$}", m.median);
     let mut out = format!(
         "(a) {} Mpps by median over {} valid turns of {frames} frames\n\n| object | (b)/(a) median (quartiles) | Mpps | forwarding CPU ns/packet | XDP program ns/packet | invalid runs |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
-        crate::report::Spread::of(a_mpps.clone()).map_or("-".to_owned(), |m| format!("{:.2}", m.median)),
+        spread(&a_mpps, &median(2)),
         a_mpps.len()
     );
     for side in &sides {
-        let ratio = crate::report::Spread::of(side.ratios.clone()).map_or("-".to_owned(), |m| {
+        let ratio = spread(&side.ratios, &|m| {
             format!("{:.3}x ({:.3}x - {:.3}x)", m.median, m.q1, m.q3)
         });
-        let mpps = crate::report::Spread::of(side.mpps.clone())
-            .map_or("-".to_owned(), |m| format!("{:.2}", m.median));
         out.push_str(&format!(
-            "| {} | {ratio} | {mpps} | {} | {} | {} |\n",
+            "| {} | {ratio} | {} | {} | {} | {} |\n",
             side.path,
-            median(&side.cpu_ns),
-            median(&side.bpf_ns),
+            spread(&side.mpps, &median(2)),
+            spread(&side.cpu_ns, &median(1)),
+            spread(&side.bpf_ns, &median(1)),
             side.invalid.len()
         ));
         if let Some(why) = side.invalid.first() {
             out.push_str(&format!("\n{}: first invalid run: {why}\n", side.path));
         }
     }
-    drop(sides);
     Ok(out)
 }

@@ -509,7 +509,7 @@ fn by_rounds(
                 Some(mut b) => {
                     if !p.valid && b.valid {
                         b.valid = false;
-                        b.why_invalid = p.why_invalid.clone();
+                        b.why_invalid = p.why_invalid;
                     }
                     b.load_ms = b.load_ms.min(p.load_ms);
                     b.ns = b.ns.min(p.ns);
