@@ -271,15 +271,14 @@ fn fresh_resets_state_and_down_removes_the_datapath() -> Result<()> {
     );
     assert!(rx(&lab.stats_json()?) >= counted, "counters kept");
     assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
-    let shown = tests::run(
-        "bpftool",
-        &[
-            "map",
-            "show",
-            "pinned",
-            &lab.pin_dir().join("FLOW_CACHE").to_string_lossy(),
-        ],
-    )?;
+    let flow_cache = lab.pin_dir().join("FLOW_CACHE");
+    let flow_cache_pin = || -> Result<String> {
+        tests::run(
+            "bpftool",
+            &["map", "show", "pinned", &flow_cache.to_string_lossy()],
+        )
+    };
+    let shown = flow_cache_pin()?;
     let want = format!(
         "value {}B",
         std::mem::size_of::<gateway_common::FlowCacheSet>()
@@ -293,13 +292,21 @@ fn fresh_resets_state_and_down_removes_the_datapath() -> Result<()> {
     // An "upgrade" whose map layout differs: a pinned map of another shape.
     // Adopting it would make both sides read entries of the wrong size, so
     // run refuses, names the map, and points at --fresh; traffic goes on.
+    // A cache of another shape beside it stays as it is: a refused start
+    // changes nothing.
     pin_map_of_another_shape(&lab.pin_dir(), "NODE_COUNTERS")?;
+    pin_map_of_another_shape(&lab.pin_dir(), "FLOW_CACHE")?;
     let err = lab.start_daemon().expect_err("incompatible pinned map");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("NODE_COUNTERS: pinned (key 4, value 8, entries 1)")
             && msg.contains("--fresh"),
         "{msg}"
+    );
+    let shown = flow_cache_pin()?;
+    assert!(
+        shown.contains("value 8B"),
+        "a refused start replaced FLOW_CACHE: {shown}"
     );
     assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
 
