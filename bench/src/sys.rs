@@ -80,11 +80,17 @@ pub fn map_memlock(pin: &Path) -> Result<u64> {
     fdinfo(map.fd().as_fd().as_raw_fd(), "memlock")
 }
 
-/// Sum of `memlock` over every map pinned in a folder.
+/// Sum of `memlock` over every map pinned in a folder and its sub-folders
+/// (`pipelines/`: the program arrays).
 pub fn pinned_memlock(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        total += map_memlock(&entry?.path())?;
+        let path = entry?.path();
+        total += if path.is_dir() {
+            pinned_memlock(&path)?
+        } else {
+            map_memlock(&path)?
+        };
     }
     Ok(total)
 }

@@ -37,7 +37,11 @@ pub mod map_names {
     pub const MAPPING_CACHE: &str = "MAPPING_CACHE";
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     pub const FLOW_CACHE_STATS: &str = "FLOW_CACHE_STATS";
-    /// Every map the daemon pins, in one list.
+    pub const PIPELINE_UNAVAILABLE: &str = "PIPELINE_UNAVAILABLE";
+    /// The entry program's tail call target: one per loaded object, pinned
+    /// per program id (`<pin dir>/pipelines/<id>`), not by this name.
+    pub const PIPELINE: &str = "PIPELINE";
+    /// Every map the daemon pins by name, in one list.
     pub const ALL: &[&str] = &[
         PORTS,
         TUNNEL_BY_VLAN,
@@ -61,11 +65,16 @@ pub mod map_names {
         MAPPING_CACHE,
         FLOW_CACHE,
         FLOW_CACHE_STATS,
+        PIPELINE_UNAVAILABLE,
     ];
 }
 
 /// Name of the XDP entry point in the eBPF object.
 pub const XDP_PROGRAM: &str = "gateway";
+
+/// Name of the full pipeline's XDP program, which the entry point
+/// tail-calls through the `PIPELINE` map on a flow cache miss.
+pub const PIPELINE_PROGRAM: &str = "gateway_pipeline";
 
 /// Capacities. Ids (tunnel, gateway, connection, next-hop group) index
 /// arrays, so they are dense, start at 0 and stay below these limits.

@@ -28,22 +28,31 @@ use gateway_common::{port_role, Fate};
 
 use crate::counters::Owner;
 
+/// The entry point: attached to every port.
+///
+/// A packet of a flow the pipeline has forwarded before takes the fast
+/// path; every other one the full pipeline, which records what it did. The
+/// pipeline is a program of its own (`gateway_pipeline`), reached by a tail
+/// call through this object's `PIPELINE` array (the daemon fills it and
+/// pins it, so it outlives the daemon: datapath.rs): a jump, no return.
 #[xdp]
 pub fn gateway(ctx: XdpContext) -> u32 {
-    // A packet of a flow the pipeline below has forwarded before takes the
-    // fast path; every other one the pipeline, which records what it did.
     if let flow_cache::Lookup::Done(action) = flow_cache::lookup(&ctx) {
         return action;
     }
-    pipeline(ctx.ctx)
+    maps::tail_call_pipeline(&ctx);
+    // Only if `PIPELINE` is empty: a loader that did not fill it, or its
+    // pin removed by hand while no daemon held it. Counted, and dropped:
+    // the kernel cannot handle a trunk's tagged frames, nor a VPC port's
+    // traffic in the gateway's place.
+    maps::count_pipeline_unavailable();
+    forward::DROP
 }
 
-/// The full pipeline, a BPF subprogram of its own like the fast path: the
-/// two then have separate stack frames (each within the verifier's 512
-/// bytes per call chain) and separate, compact stretches of the JIT image.
-#[inline(never)]
-fn pipeline(raw: *mut aya_ebpf::bindings::xdp_md) -> u32 {
-    let ctx = XdpContext::new(raw);
+/// The full pipeline (idc.rs, vpc.rs), as an XDP program of its own that
+/// `gateway` tail-calls: it gets the verifier's whole stack budget.
+#[xdp]
+pub fn gateway_pipeline(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is copied out before any other map operation.
     let port = unsafe { maps::PORTS.get(ifindex) }.copied();

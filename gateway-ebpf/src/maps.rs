@@ -4,8 +4,9 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray},
     macros::btf_map,
+    programs::XdpContext,
 };
 use gateway_common::{
     limits::*, Counters, DestCacheEntry, DestCacheStats, FlowCacheSet, Gateway, IpMapping,
@@ -123,3 +124,30 @@ pub static FLOW_CACHE: PerCpuArray<FlowCacheSet, { FLOW_CACHE_SLOTS as usize / 2
 /// others never take the fast path).
 #[btf_map]
 pub static FLOW_CACHE_STATS: PerCpuArray<DestCacheStats, 1> = PerCpuArray::new();
+
+/// Slot 0: this object's `gateway_pipeline` program, which `gateway`
+/// tail-calls on a flow cache miss. Never pinned by name: every loaded
+/// object gets its own (the daemon pins it per program id), so during an
+/// upgrade the old entry program keeps jumping to its own pipeline.
+#[btf_map]
+pub static PIPELINE: ProgramArray<1> = ProgramArray::new();
+
+/// Slot 0, per CPU: frames dropped because `PIPELINE` was empty (should
+/// stay 0; `gatewayd stats` warns otherwise).
+#[btf_map]
+pub static PIPELINE_UNAVAILABLE: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn tail_call_pipeline(ctx: &XdpContext) {
+    // SAFETY: `PIPELINE` holds XDP programs only; on success this does not
+    // return.
+    unsafe { PIPELINE.tail_call(ctx, 0) };
+}
+
+#[inline(always)]
+pub fn count_pipeline_unavailable() {
+    if let Some(n) = PIPELINE_UNAVAILABLE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *n += 1 };
+    }
+}

@@ -222,6 +222,7 @@ impl State {
                     misses: c.misses,
                 }
             },
+            pipeline_unavailable: self.dp.pipeline_unavailable()?,
         })
     }
 
@@ -336,6 +337,13 @@ pub async fn run(config_path: &Path, paths: &Paths, options: &RunOptions) -> Res
         std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
         info!(
             "detached XDP from a port no longer in the config (removed {})",
+            pin.display()
+        );
+    }
+    // The pipelines of the programs this start replaced on every port.
+    for pin in state.dp.remove_stale_pipelines()? {
+        info!(
+            "removed the pipeline of a program no port runs any more ({})",
             pin.display()
         );
     }

@@ -12,7 +12,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, ProgramArray,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -23,7 +25,8 @@ use aya::{
 use gateway_common::{
     bandwidth_dir, gateway_flags, limits, map_names as names, Counters, DestCacheStats, Gateway,
     IpMapping, MappingKey, NexthopGroup, PeerNeigh, Port, PortMapping, PortMappingKey, Route,
-    RoutePrefixKey, RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey, XDP_PROGRAM,
+    RoutePrefixKey, RoutePrefixLens, TokenBucket, Tunnel, TunnelHealth, VlanKey, PIPELINE_PROGRAM,
+    XDP_PROGRAM,
 };
 use tracing::{debug, info};
 
@@ -63,9 +66,29 @@ pub fn link_pins(pin_dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Sub-folder of a node's pin folder holding each loaded program's
+/// `PIPELINE` array, named by the entry program's id (see `load_pipeline`).
+pub const PIPELINES_DIR: &str = "pipelines";
+
+/// Pinned `PIPELINE` arrays under a node's pin folder, by entry program id
+/// (files with other names are left out).
+fn pipeline_pins(pin_dir: &Path) -> Vec<(u32, PathBuf)> {
+    std::fs::read_dir(pin_dir.join(PIPELINES_DIR))
+        .map(|d| {
+            d.filter_map(|e| {
+                let path = e.ok()?.path();
+                let id = path.file_name()?.to_str()?.parse().ok()?;
+                Some((id, path))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes everything gatewayd pinned for a node: the XDP links first (each
 /// removal detaches the program from its port once no process holds the
-/// link), then the maps. Returns what was removed.
+/// link), then the programs' pipeline arrays, then the maps. Returns what
+/// was removed.
 pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for pin in link_pins(pin_dir) {
@@ -73,6 +96,14 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
         removed.push(pin);
     }
     let _ = std::fs::remove_dir(pin_dir.join(LINKS_DIR));
+    if let Ok(entries) = std::fs::read_dir(pin_dir.join(PIPELINES_DIR)) {
+        for e in entries.flatten() {
+            let path = e.path();
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir.join(PIPELINES_DIR));
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
         for e in entries.flatten() {
             let path = e.path();
@@ -217,7 +248,70 @@ impl Datapath {
             // needs when the kernel refuses the program: print it whole.
             anyhow!("the kernel rejected the XDP program: {e}")
         })?;
+        dp.load_pipeline()?;
         Ok(dp)
+    }
+
+    /// Loads the full pipeline, the program the entry program tail-calls
+    /// on a flow cache miss, into this object's `PIPELINE` array, and pins
+    /// the array at `<pin dir>/pipelines/<entry program id>`.
+    ///
+    /// The pin is what keeps the datapath whole without a daemon: the
+    /// kernel empties a program array when its last user-space reference
+    /// goes, and the XDP links (pinned) keep only the entry program. It is
+    /// per program: during an upgrade the old entry program, still
+    /// attached until its links are switched, keeps jumping to its own
+    /// pipeline, which shares its layout of `FLOW_PENDING` and the cache.
+    /// `remove_stale_pipelines` removes the arrays of programs no link
+    /// runs any more. An object without the program (an older build,
+    /// `gateway-bench --compare`) runs its pipeline inline: nothing to do.
+    fn load_pipeline(&mut self) -> Result<()> {
+        let Some(prog) = self.ebpf.program_mut(PIPELINE_PROGRAM) else {
+            return Ok(());
+        };
+        let prog: &mut Xdp = prog.try_into()?;
+        prog.load()
+            .map_err(|e| anyhow!("the kernel rejected the XDP program {PIPELINE_PROGRAM}: {e}"))?;
+        let fd = prog.fd()?.try_clone()?;
+        let entry_id = self.program()?.info()?.id();
+        let mut array: ProgramArray<_> = ProgramArray::try_from(self.map_mut(names::PIPELINE)?)?;
+        array
+            .set(0, &fd, 0)
+            .context("filling the PIPELINE program array")?;
+        let dir = self.pin_dir.join(PIPELINES_DIR);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating pin folder {}", dir.display()))?;
+        let pin = dir.join(entry_id.to_string());
+        self.map(names::PIPELINE)?
+            .pin(&pin)
+            .with_context(|| format!("pinning the PIPELINE program array at {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Removes the pinned pipeline arrays (see `load_pipeline`) of entry
+    /// programs that no pinned link runs and that are not this one: those
+    /// of earlier runs, once their links were switched to this program.
+    /// Returns what was removed.
+    pub fn remove_stale_pipelines(&mut self) -> Result<Vec<PathBuf>> {
+        let mut running = BTreeSet::from([self.program()?.info()?.id()]);
+        for pin in link_pins(&self.pin_dir) {
+            let link: FdLink = PinnedLink::from_pin(&pin)
+                .with_context(|| format!("opening pinned link {}", pin.display()))?
+                .into();
+            let info = link
+                .info()
+                .with_context(|| format!("reading pinned link {}", pin.display()))?;
+            running.insert(info.program_id());
+        }
+        let mut removed = Vec::new();
+        for (id, pin) in pipeline_pins(&self.pin_dir) {
+            if !running.contains(&id) {
+                std::fs::remove_file(&pin)
+                    .with_context(|| format!("removing {}", pin.display()))?;
+                removed.push(pin);
+            }
+        }
+        Ok(removed)
     }
 
     /// Runs the program on one frame through BPF_PROG_TEST_RUN, as if it
@@ -804,6 +898,17 @@ impl Datapath {
             return Ok(DestCacheStats::default());
         }
         read_cache_stats(self.map(names::DEST_CACHE_STATS)?)
+    }
+
+    /// Frames the entry program dropped because its `PIPELINE` array was
+    /// empty, summed over CPUs (0 for an object without the map).
+    pub fn pipeline_unavailable(&self) -> Result<u64> {
+        if !self.has_map(names::PIPELINE_UNAVAILABLE) {
+            return Ok(0);
+        }
+        let counts: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(names::PIPELINE_UNAVAILABLE)?)?;
+        Ok(counts.get(&0, 0)?.iter().sum())
     }
 
     /// Flow cache hits and misses, summed over CPUs (zeros for an object

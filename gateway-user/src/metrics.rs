@@ -219,6 +219,13 @@ pub fn render(s: &Snapshot) -> Result<String> {
             .get_or_create(&ResultLabel { result: "miss" })
             .inc_by(counts.misses);
     }
+    let unavailable = Counter::<u64>::default();
+    r.register(
+        "gatewayd_pipeline_unavailable_frames",
+        "Frames dropped because the entry program had no pipeline program to hand a flow cache miss to (its pinned PIPELINE array emptied): 0 unless the pins were tampered with",
+        unavailable.clone(),
+    );
+    unavailable.inc_by(s.pipeline_unavailable);
     let mut out = String::new();
     encode(&mut out, &r).context("encoding metrics")?;
     Ok(out)
@@ -379,6 +386,7 @@ mod tests {
                 hits: 70,
                 misses: 30,
             },
+            pipeline_unavailable: 3,
         }
     }
 
@@ -399,6 +407,7 @@ mod tests {
             r#"gatewayd_dest_cache_lookups_total{result="miss"} 10"#,
             r#"gatewayd_flow_cache_lookups_total{result="hit"} 70"#,
             r#"gatewayd_flow_cache_lookups_total{result="miss"} 30"#,
+            "gatewayd_pipeline_unavailable_frames_total 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

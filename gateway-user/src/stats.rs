@@ -22,6 +22,11 @@ pub struct Snapshot {
     /// The datapath's flow cache (its fast path), summed over CPUs.
     #[serde(default)]
     pub flow_cache: DestCacheCounts,
+    /// Frames dropped because the entry program found no pipeline program
+    /// to hand a flow cache miss to (its pinned `PIPELINE` array empty):
+    /// 0 unless the pins were tampered with.
+    #[serde(default)]
+    pub pipeline_unavailable: u64,
 }
 
 /// Cache lookups since the maps were created. Destination cache: answered
@@ -158,6 +163,7 @@ pub fn render_table(s: &Snapshot) -> String {
     }
     out.push('\n');
     out.push_str(&align(&ports));
+    out.push_str(&pipeline_warning(s));
     out
 }
 
@@ -246,7 +252,20 @@ pub fn render_rates(prev: &Snapshot, cur: &Snapshot, secs: f64) -> String {
     }
     out.push('\n');
     out.push_str(&align(&ports));
+    out.push_str(&pipeline_warning(cur));
     out
+}
+
+/// A line under the tables when the entry program dropped frames for want
+/// of its pipeline program (`Snapshot::pipeline_unavailable`).
+fn pipeline_warning(s: &Snapshot) -> String {
+    if s.pipeline_unavailable == 0 {
+        return String::new();
+    }
+    format!(
+        "\nWARNING: {} frames dropped with no pipeline program to run (the pinned PIPELINE array under the pin folder's pipelines/ was removed or emptied): restart gatewayd to load it again\n",
+        s.pipeline_unavailable
+    )
 }
 
 /// 1234567.0 -> "1.23M": rates at a glance.

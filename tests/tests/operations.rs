@@ -340,6 +340,105 @@ fn fresh_resets_state_and_down_removes_the_datapath() -> Result<()> {
     Ok(())
 }
 
+/// The pinned pipeline arrays (`<pin dir>/pipelines/<entry program id>`)
+/// as (program id, path).
+fn pipeline_pins(lab: &GatewayLab) -> Result<Vec<(u64, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(lab.pin_dir().join("pipelines"))? {
+        let path = entry?.path();
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("pipeline pin not named by a program id: {path:?}"));
+        out.push((id, path));
+    }
+    Ok(out)
+}
+
+/// The one program every pinned link runs.
+fn linked_program(lab: &GatewayLab) -> Result<u64> {
+    let progs: std::collections::BTreeSet<u64> = lab
+        .pinned_links()?
+        .values()
+        .map(|(_, prog)| *prog)
+        .collect();
+    assert_eq!(
+        progs.len(),
+        1,
+        "every port runs the same program: {progs:?}"
+    );
+    Ok(progs.into_iter().next().unwrap_or_default())
+}
+
+#[test]
+fn the_pipeline_program_outlives_the_daemon_and_is_pinned_once_per_program() -> Result<()> {
+    // ICMP never takes the flow cache's fast path: every echo below runs
+    // the full pipeline, the program the entry program tail-calls.
+    let mut lab = ready_lab()?;
+    let first = linked_program(&lab)?;
+    let pins = pipeline_pins(&lab)?;
+    assert_eq!(
+        pins.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![first],
+        "one pipeline array, pinned under the running program's id"
+    );
+
+    // Without a daemon (after SIGTERM, after kill -9) the pinned array
+    // keeps the pipeline reachable; each start pins its own program's and
+    // removes the one it replaced.
+    lab.stop_daemon()?;
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
+    let mut running = first;
+    for _ in 0..2 {
+        lab.start_daemon()?;
+        let now = linked_program(&lab)?;
+        assert_ne!(now, running, "the restart loaded its own program");
+        running = now;
+        let pins = pipeline_pins(&lab)?;
+        assert_eq!(
+            pins.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![running],
+            "the replaced program's pipeline array was removed"
+        );
+        lab.kill_daemon()?;
+        assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
+    }
+    lab.start_daemon()?;
+    let pins = pipeline_pins(&lab)?;
+    assert!(
+        lab.log()
+            .contains("removed the pipeline of a program no port runs any more"),
+        "{}",
+        lab.log()
+    );
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
+    assert_eq!(num(&lab.stats_json()?["pipeline_unavailable"]), 0);
+
+    // Tampering: the array's pin removed while no daemon holds it. The
+    // kernel empties the array; the entry program drops what it cannot
+    // hand on, and counts it.
+    lab.stop_daemon()?;
+    std::fs::remove_file(&pins[0].1)?;
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?.1, 0, "no pipeline");
+    lab.start_daemon()?;
+    let stats = lab.stats_json()?;
+    assert!(
+        num(&stats["pipeline_unavailable"]) >= 3,
+        "the dropped echo requests are counted: {stats}"
+    );
+    let table = lab.stats_table()?;
+    assert!(
+        table.contains("WARNING:") && table.contains("no pipeline program"),
+        "{table}"
+    );
+    // The restart loaded a pipeline again.
+    lab.wait_peers_learned(Duration::from_secs(10))?;
+    assert_eq!(lab.ping_from_idc(VPC_PROD_HOST, 3)?, (3, 3));
+    assert_eq!(pipeline_pins(&lab)?.len(), 1);
+    Ok(())
+}
+
 /// Replaces the pinned map `name` with a per-CPU array of another shape
 /// (key 4, value 8, 1 entry), as an earlier gatewayd with another layout
 /// would have left it.
