@@ -80,17 +80,11 @@ pub fn map_memlock(pin: &Path) -> Result<u64> {
     fdinfo(map.fd().as_fd().as_raw_fd(), "memlock")
 }
 
-/// Sum of `memlock` over every map pinned in a folder and its sub-folders
-/// (`pipelines/`: the program arrays).
+/// Sum of `memlock` over every map pinned in a folder.
 pub fn pinned_memlock(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        total += if path.is_dir() {
-            pinned_memlock(&path)?
-        } else {
-            map_memlock(&path)?
-        };
+        total += map_memlock(&entry?.path())?;
     }
     Ok(total)
 }

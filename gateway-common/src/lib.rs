@@ -39,7 +39,7 @@ pub mod map_names {
     pub const FLOW_CACHE_STATS: &str = "FLOW_CACHE_STATS";
     pub const PIPELINE_UNAVAILABLE: &str = "PIPELINE_UNAVAILABLE";
     /// The entry program's tail call target: one per loaded object, pinned
-    /// per program id (`<pin dir>/pipelines/<id>`), not by this name.
+    /// per program id (`<pin dir>/PIPELINE_<id>`), not by this name.
     pub const PIPELINE: &str = "PIPELINE";
     /// Every map the daemon pins by name, in one list.
     pub const ALL: &[&str] = &[

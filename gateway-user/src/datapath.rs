@@ -66,18 +66,22 @@ pub fn link_pins(pin_dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Sub-folder of a node's pin folder holding each loaded program's
-/// `PIPELINE` array, named by the entry program's id (see `load_pipeline`).
-pub const PIPELINES_DIR: &str = "pipelines";
+/// Each loaded program's `PIPELINE` array is pinned in the node's pin
+/// folder as `PIPELINE_<entry program id>` (see `load_pipeline`): a file
+/// beside the maps, so that every gatewayd, an older one after a rollback
+/// included, removes it with the maps (`down`, `--fresh`). (bpffs refuses
+/// a dot in a name; `PIPELINE_UNAVAILABLE`, a map, has no number after
+/// the prefix.)
+const PIPELINE_PIN_PREFIX: &str = "PIPELINE_";
 
-/// Pinned `PIPELINE` arrays under a node's pin folder, by entry program id
-/// (files with other names are left out).
+/// Pinned `PIPELINE` arrays in a node's pin folder, by entry program id.
 fn pipeline_pins(pin_dir: &Path) -> Vec<(u32, PathBuf)> {
-    std::fs::read_dir(pin_dir.join(PIPELINES_DIR))
+    std::fs::read_dir(pin_dir)
         .map(|d| {
             d.filter_map(|e| {
                 let path = e.ok()?.path();
-                let id = path.file_name()?.to_str()?.parse().ok()?;
+                let name = path.file_name()?.to_str()?;
+                let id = name.strip_prefix(PIPELINE_PIN_PREFIX)?.parse().ok()?;
                 Some((id, path))
             })
             .collect()
@@ -87,7 +91,7 @@ fn pipeline_pins(pin_dir: &Path) -> Vec<(u32, PathBuf)> {
 
 /// Removes everything gatewayd pinned for a node: the XDP links first (each
 /// removal detaches the program from its port once no process holds the
-/// link), then the programs' pipeline arrays, then the maps. Returns what
+/// link), then the maps and the programs' pipeline arrays. Returns what
 /// was removed.
 pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
@@ -96,14 +100,6 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
         removed.push(pin);
     }
     let _ = std::fs::remove_dir(pin_dir.join(LINKS_DIR));
-    if let Ok(entries) = std::fs::read_dir(pin_dir.join(PIPELINES_DIR)) {
-        for e in entries.flatten() {
-            let path = e.path();
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            removed.push(path);
-        }
-    }
-    let _ = std::fs::remove_dir(pin_dir.join(PIPELINES_DIR));
     if let Ok(entries) = std::fs::read_dir(pin_dir) {
         for e in entries.flatten() {
             let path = e.path();
@@ -254,7 +250,7 @@ impl Datapath {
 
     /// Loads the full pipeline, the program the entry program tail-calls
     /// on a flow cache miss, into this object's `PIPELINE` array, and pins
-    /// the array at `<pin dir>/pipelines/<entry program id>`.
+    /// the array at `<pin dir>/PIPELINE_<entry program id>`.
     ///
     /// The pin is what keeps the datapath whole without a daemon: the
     /// kernel empties a program array when its last user-space reference
@@ -278,10 +274,9 @@ impl Datapath {
         array
             .set(0, &fd, 0)
             .context("filling the PIPELINE program array")?;
-        let dir = self.pin_dir.join(PIPELINES_DIR);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating pin folder {}", dir.display()))?;
-        let pin = dir.join(entry_id.to_string());
+        let pin = self
+            .pin_dir
+            .join(format!("{PIPELINE_PIN_PREFIX}{entry_id}"));
         self.map(names::PIPELINE)?
             .pin(&pin)
             .with_context(|| format!("pinning the PIPELINE program array at {}", pin.display()))?;

@@ -263,7 +263,7 @@ fn pipeline_warning(s: &Snapshot) -> String {
         return String::new();
     }
     format!(
-        "\nWARNING: {} frames dropped with no pipeline program to run (the pinned PIPELINE array under the pin folder's pipelines/ was removed or emptied): restart gatewayd to load it again\n",
+        "\nWARNING: {} frames dropped with no pipeline program to run (its pinned PIPELINE_<program id> array in the pin folder was removed or emptied): restart gatewayd to load it again\n",
         s.pipeline_unavailable
     )
 }

@@ -340,18 +340,17 @@ fn fresh_resets_state_and_down_removes_the_datapath() -> Result<()> {
     Ok(())
 }
 
-/// The pinned pipeline arrays (`<pin dir>/pipelines/<entry program id>`)
+/// The pinned pipeline arrays (`<pin dir>/PIPELINE_<entry program id>`)
 /// as (program id, path).
 fn pipeline_pins(lab: &GatewayLab) -> Result<Vec<(u64, std::path::PathBuf)>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(lab.pin_dir().join("pipelines"))? {
+    for entry in std::fs::read_dir(lab.pin_dir())? {
         let path = entry?.path();
-        let id = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("pipeline pin not named by a program id: {path:?}"));
-        out.push((id, path));
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        // PIPELINE_UNAVAILABLE is a map of its own, not a program id.
+        if let Some(Ok(id)) = name.strip_prefix("PIPELINE_").map(str::parse) {
+            out.push((id, path));
+        }
     }
     Ok(out)
 }
@@ -670,6 +669,7 @@ fn bpftool_shows_field_names_for_every_pinned_map() -> Result<()> {
     let mut lab = GatewayLab::build(&gatewayd_path())?;
     lab.start_daemon()?;
     let mut maps = 0;
+    let mut pipelines = 0;
     for entry in std::fs::read_dir(lab.pin_dir())? {
         let path = entry?.path();
         if path.is_dir() {
@@ -691,8 +691,27 @@ fn bpftool_shows_field_names_for_every_pinned_map() -> Result<()> {
                 path.display()
             );
         }
+        // A pipeline array (`PIPELINE_<entry program id>`) holds the id of
+        // the pipeline program that entry program jumps to.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if let Some(Ok(entry)) = name.strip_prefix("PIPELINE_").map(str::parse::<u64>) {
+            let prog = entries[0]["formatted"]["value"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: no program id in {dump}"));
+            let prog_name = |id: u64| -> Result<Value> {
+                let shown: Value = serde_json::from_str(&tests::run(
+                    "bpftool",
+                    &["-j", "prog", "show", "id", &id.to_string()],
+                )?)?;
+                Ok(shown["name"].clone())
+            };
+            assert_eq!(prog_name(prog)?, "gateway_pipeline", "{name}");
+            assert_eq!(prog_name(entry)?, "gateway", "{name}");
+            pipelines += 1;
+        }
     }
     assert!(maps >= 13, "every map pinned ({maps})");
+    assert_eq!(pipelines, 1, "one pipeline array for the running program");
     let tunnels = tests::run(
         "bpftool",
         &[
