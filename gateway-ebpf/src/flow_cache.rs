@@ -110,14 +110,9 @@ fn count(hit: bool) {
 /// a program of its own, so the fast path pays no BPF-to-BPF call (its
 /// prologue, epilogue and return cost ~10 ns per packet on this
 /// datapath's lab machines) and has the stack to itself.
+/// Which frames it may take, then `flow`.
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext) -> Lookup {
-    classify(ctx)
-}
-
-/// The fast path proper: which frames it may take, then `flow`.
-#[inline(always)]
-fn classify(ctx: &XdpContext) -> Lookup {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return miss(NO_SLOT, None);
     };
