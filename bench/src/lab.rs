@@ -3,8 +3,11 @@
 //!    namespace -> veth -> the forwarder under test in a gateway namespace
 //!    (its receive NAPI threaded and pinned to CPU 1) -> veth -> an XDP_DROP
 //!    counter (`bench_sink`) in a VPC namespace. Delivered frames per second
-//!    at the sink, for four forwarders:
+//!    at the sink, for five forwarders:
 //!    (a) `bench_swap_redirect`: the lab's line rate;
+//!    (a2) `bench_nat_pop`: the gateway's frame work alone (source NAT,
+//!    TTL, tag pop, MACs, redirect) with no table or counter: the least
+//!    any forwarder doing the gateway's job costs;
 //!    (b) the gateway with a peer IP mapping (NAT) on;
 //!    (c) the kernel: IP forwarding + nftables stateless NAT (notrack,
 //!    payload rewrite), untagged (no 8021q in this kernel);
@@ -411,7 +414,7 @@ pub fn run(frames: u32, rounds: usize, turns: usize) -> Result<LabResult> {
         }
     }
     if let Some(first) = notes.first_mut() {
-        *first = format!("{first} {rounds} rounds on a fresh lab each; each round measures (a), (b) and (c) side by side {turns} times (one after the other, the order rotating from turn to turn, after a warm-up run of (a)), then (a) and (b) once more with bpf_stats on, then (d). The table shows each forwarder's best run; the targets are judged by the median over all turns of the ratios within a turn, so a slow spell of this shared machine, which lasts longer than a turn, cancels out of them.");
+        *first = format!("{first} {rounds} rounds on a fresh lab each; each round measures (a), (a2), (b) and (c) side by side {turns} times (one after the other, the order rotating from turn to turn, after a warm-up run of (a)), then (a), (a2) and (b) once more with bpf_stats on, then (d). The table shows each forwarder's best run; the targets are judged by the median over all turns of the ratios within a turn, so a slow spell of this shared machine, which lasts longer than a turn, cancels out of them.");
     }
     Ok(LabResult {
         rates: best,
@@ -427,23 +430,56 @@ pub struct LabResult {
     pub notes: Vec<String>,
 }
 
-/// (a): the trivial forwarder, loaded in the gateway namespace and
-/// attached only while it is measured.
-struct Trivial {
+/// An XDP baseline in the gateway's place, loaded in the gateway
+/// namespace and attached only while it is measured:
+/// (a) the trivial forwarder, the lab's line rate;
+/// (a2) the gateway's frame work alone (`bench_nat_pop`), what any
+/// forwarder doing the gateway's job costs at least.
+struct Baseline {
     prog: BenchProgram,
     in_ifindex: u32,
+    key: &'static str,
+    name: &'static str,
+    /// Bytes the forwarder removes from each frame (the tag it pops).
+    shrinks_by: usize,
 }
 
-impl Trivial {
-    fn load(lab: &Lab) -> Result<Trivial> {
+impl Baseline {
+    fn trivial(lab: &Lab) -> Result<Baseline> {
+        Self::load(lab, "bench_swap_redirect", "a", "MAC swap + redirect (XDP, trivial)", 0)
+    }
+
+    fn nat_pop(lab: &Lab) -> Result<Baseline> {
+        Self::load(
+            lab,
+            "bench_nat_pop",
+            "a2",
+            "the gateway's frame work alone: source NAT, TTL, tag pop, MACs, redirect; no table, no counter (XDP, minimal)",
+            4,
+        )
+    }
+
+    fn load(
+        lab: &Lab,
+        program: &'static str,
+        key: &'static str,
+        name: &'static str,
+        shrinks_by: usize,
+    ) -> Result<Baseline> {
         let _in = InNetns::enter(lab.gw.name())?;
         let out_ifindex = netdev::lookup(&lab.out_if).context("out if")?.ifindex;
         let in_ifindex = netdev::lookup(&lab.in_if).context("in if")?.ifindex;
-        let mut prog = BenchProgram::load("bench_swap_redirect")?;
+        let mut prog = BenchProgram::load(program)?;
         let mut target: Array<_, u32> =
             Array::try_from(prog.ebpf.map_mut("BENCH_TARGET").context("BENCH_TARGET")?)?;
         target.set(0, out_ifindex, 0)?;
-        Ok(Trivial { prog, in_ifindex })
+        Ok(Baseline {
+            prog,
+            in_ifindex,
+            key,
+            name,
+            shrinks_by,
+        })
     }
 
     fn measure(&mut self, lab: &Lab, gen: &mut Generator, frames: u32) -> Result<LabRate> {
@@ -457,8 +493,8 @@ impl Trivial {
         let r = gen.measure(lab, true, frames, Some(fd));
         self.prog.prog()?.detach(link)?;
         let r = r?;
-        let why = delivered_ok(&r, gen.tagged.len());
-        Ok(rate("a", "MAC swap + redirect (XDP, trivial)", &r, why))
+        let why = delivered_ok(&r, gen.tagged.len() - self.shrinks_by);
+        Ok(rate(self.key, self.name, &r, why))
     }
 }
 
@@ -632,10 +668,10 @@ fn generator(lab: &Lab) -> Result<Generator> {
 
 /// One round on a fresh lab:
 /// - a warm-up run of (a), not kept: a fresh lab's first run is slow;
-/// - `turns` turns of (a), (b) and (c) one after the other, the order
-///   rotating, so that no forwarder always follows the same one; a turn
-///   gives the ratios b/a and b/c of runs seconds apart;
-/// - one shorter run each of (a) and (b) with bpf_stats on, for their XDP
+/// - `turns` turns of (a), (a2), (b) and (c) one after the other, the
+///   order rotating, so that no forwarder always follows the same one; a
+///   turn gives the ratios b/a, b/c and a2/a of runs seconds apart;
+/// - one shorter run each of (a), (a2) and (b) with bpf_stats on, for their XDP
 ///   program ns/packet only: the rates are measured with bpf_stats off,
 ///   since its two clock reads per program run cost the forwarding CPU as
 ///   much as a trivial program does (on this VM: (a) delivered ~4 Mpps
@@ -644,23 +680,25 @@ fn generator(lab: &Lab) -> Result<Generator> {
 fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Vec<String>)> {
     let lab = Lab::build()?;
     let mut gen = generator(&lab)?;
-    let mut trivial = Trivial::load(&lab)?;
+    let mut trivial = Baseline::trivial(&lab)?;
+    let mut nat_pop = Baseline::nat_pop(&lab)?;
     let mut gateway = Gateway::load(&lab)?;
     trivial.measure(&lab, &mut gen, (frames / 4).max(1))?;
     let mut out = Vec::new();
     let mut sides = Vec::new();
     for turn in 0..turns {
-        let mut got: [Option<LabRate>; 3] = [None, None, None];
-        for i in 0..3 {
-            let which = (turn + i) % 3;
+        let mut got: [Option<LabRate>; 4] = [None, None, None, None];
+        for i in 0..4 {
+            let which = (turn + i) % 4;
             got[which] = Some(match which {
                 0 => trivial.measure(&lab, &mut gen, frames)?,
-                1 => gateway.measure(&lab, &mut gen, frames)?,
+                1 => nat_pop.measure(&lab, &mut gen, frames)?,
+                2 => gateway.measure(&lab, &mut gen, frames)?,
                 _ => measure_kernel(&lab, &mut gen, 0, frames)?,
             });
         }
-        let [Some(a), Some(b), Some(c)] = got else {
-            unreachable!("every turn measures all three");
+        let [Some(a), Some(a2), Some(b), Some(c)] = got else {
+            unreachable!("every turn measures all four");
         };
         if a.valid && b.valid && c.valid {
             sides.push(LabTurn {
@@ -670,9 +708,11 @@ fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Ve
                 a_cpu_ns: a.cpu_ns_per_packet,
                 b_cpu_ns: b.cpu_ns_per_packet,
                 c_cpu_ns: c.cpu_ns_per_packet,
+                a2_mpps: a2.valid.then_some(a2.mpps),
+                a2_cpu_ns: a2.valid.then_some(a2.cpu_ns_per_packet),
             });
         }
-        out.extend([a, b, c]);
+        out.extend([a, a2, b, c]);
     }
     {
         // bpf_stats on while this fd is open (kernel.bpf_stats_enabled).
@@ -680,10 +720,12 @@ fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Ve
             aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf_stats")?;
         let stats_frames = (frames / 4).max(1);
         let a = trivial.measure(&lab, &mut gen, stats_frames)?;
+        let a2 = nat_pop.measure(&lab, &mut gen, stats_frames)?;
         let b = gateway.measure(&lab, &mut gen, stats_frames)?;
         for r in &mut out {
             let from = match r.key.as_str() {
                 "a" => &a,
+                "a2" => &a2,
                 "b" => &b,
                 _ => continue,
             };
@@ -695,7 +737,8 @@ fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Ve
 
     let notes = vec![
         format!("Generator: `bench_generator` (XDP_TX) run with BPF_F_TEST_XDP_LIVE_FRAMES in batches of {GEN_BATCH}, {frames} 60-byte frames per run, each started on a cache line as NIC drivers place received frames (test-run pages put it 48 bytes into one, so every forwarder that reads past byte 16, (a) excepted, paid a second cross-CPU cache-line transfer), pinned to CPU {GEN_CPU}; the forwarder's receive NAPI is threaded, pinned to CPU {FWD_CPU} and coalesced as a NIC's (`napi_defer_hard_irqs` {RX_COALESCE_POLLS}, `gro_flush_timeout` {RX_COALESCE_NS} ns, as a NIC's interrupt coalescing: without, the generator's CPU had to wake it across CPUs for every bulk of 16 frames); the sink (XDP_DROP counter) runs on the forwarder's CPU too, for every forwarder alike. Delivered Mpps = frames counted at the sink / generator wall time, measured with bpf_stats off: its two clock reads per program run cost this VM's forwarding CPU about as much as the trivial forwarder itself. Forwarding CPU ns/packet = busy time of CPU {FWD_CPU} (/proc/stat, steal left out) / frames delivered, the inverse of what one core forwards when it is the bottleneck; XDP program ns/packet = run_time_ns / run_cnt from bpf_stats, in a separate run of {} frames with bpf_stats on (the clock reads included).", (frames / 4).max(1)),
-        "(a) and (b) receive 802.1Q-tagged frames (VLAN 101); (c) and (d) receive the same traffic untagged: this kernel has no 8021q module, so the kernel cannot terminate the VLAN. (b) maps the source 10.1.0.5 to 100.64.1.5 (peer IP mapping 10.1.0.0/24 -> 100.64.1.0/24) and removes the tag; (c) and (d) rewrite the same source with nftables.".into(),
+        "(a), (a2) and (b) receive 802.1Q-tagged frames (VLAN 101); (c) and (d) receive the same traffic untagged: this kernel has no 8021q module, so the kernel cannot terminate the VLAN. (b) maps the source 10.1.0.5 to 100.64.1.5 (peer IP mapping 10.1.0.0/24 -> 100.64.1.0/24) and removes the tag; (a2) writes the same source with a constant and removes the tag; (c) and (d) rewrite the same source with nftables.".into(),
+        "(a2) does to each frame what (b) does (the checks, TTL, source, both checksums, tag pop, MACs, redirect) the cheapest way, with nothing looked up and nothing counted: its rate is what the lab leaves of the line rate to any forwarder doing the gateway's job, and (b)/(a2) is what the gateway's tables, flow cache and counters cost on top.".into(),
         "The generator itself tops out at the offered rate; a forwarder that keeps up delivers the offered rate, so (a) is this lab's line rate, not the NIC's.".into(),
     ];
     Ok((out, sides, notes))
@@ -740,7 +783,7 @@ pub fn compare(
     }
     let lab = Lab::build()?;
     let mut gen = generator(&lab)?;
-    let mut trivial = Trivial::load(&lab)?;
+    let mut trivial = Baseline::trivial(&lab)?;
     let mut sides = Vec::new();
     for (i, (path, bytes)) in loaded.iter().enumerate() {
         let gateway = Gateway::load_object(&lab, bytes, &format!("-{i}"))

@@ -103,7 +103,7 @@ const PATHS: &[&str] = &[
     "ARP reply",
     "unknown VLAN drop",
 ];
-const LAB: &[&str] = &["a", "b", "c", "d"];
+const LAB: &[&str] = &["a", "a2", "b", "c", "d"];
 const TABLES: &[&str] = &[
     "routes",
     "lookup: LPM trie",
@@ -173,7 +173,7 @@ pub fn validate(dir: &Path, quick: bool) -> Result<()> {
         num(&l["mpps"], &format!("lab ({k}) Mpps"))?;
         num(&l["cpu_ns_per_packet"], &format!("lab ({k}) CPU ns/packet"))?;
     }
-    for k in ["a", "b"] {
+    for k in ["a", "a2", "b"] {
         let l = lab.iter().find(|l| l["key"] == k).context("lab")?;
         num(
             &l["bpf_ns_per_packet"],

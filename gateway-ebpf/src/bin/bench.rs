@@ -6,6 +6,10 @@
 //!   the MACs, XDP_TX): the per-packet cost floor.
 //! * `bench_swap_redirect`: swap the MACs and redirect to `BENCH_TARGET[0]`:
 //!   the lab's line rate with a trivial forwarder in the gateway's place.
+//! * `bench_nat_pop`: the frame work of the gateway's job alone (NAT the
+//!   source, decrement the TTL, pop the tag, write the MACs, redirect to
+//!   `BENCH_TARGET[0]`) with no table, state or counter: what any
+//!   forwarder doing this job costs at least.
 //! * `bench_generator`: XDP_TX every frame; run with
 //!   BPF_F_TEST_XDP_LIVE_FRAMES it is an in-kernel packet generator.
 //! * `bench_sink`: count and drop (the receiving end of the lab).
@@ -17,6 +21,10 @@
 #[allow(dead_code)]
 #[path = "../packet.rs"]
 mod packet;
+
+#[allow(dead_code)]
+#[path = "../csum.rs"]
+mod csum;
 
 /// The gateway's own route lookup code, over copies of its maps, so the
 /// lookup alone can be timed against the LPM trie on the same frames.
@@ -80,7 +88,7 @@ use network_types::eth::EthHdr;
 #[btf_map]
 pub static ROUTE_ORACLE: LpmTrie<RouteKey, Route, { MAX_ROUTES as usize }> = LpmTrie::new();
 
-/// Slot 0: ifindex `bench_swap_redirect` sends every frame to.
+/// Slot 0: ifindex `bench_swap_redirect` and `bench_nat_pop` send every frame to.
 #[btf_map]
 pub static BENCH_TARGET: Array<u32, 1> = Array::new();
 
@@ -115,6 +123,70 @@ pub fn bench_swap_redirect(ctx: XdpContext) -> u32 {
     if !swap_macs(&ctx) {
         return xdp_action::XDP_DROP;
     }
+    match BENCH_TARGET.get(0) {
+        // SAFETY: helper without memory arguments.
+        Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        _ => xdp_action::XDP_DROP,
+    }
+}
+
+/// The source address `bench_nat_pop` writes: the lab's peer IP mapping
+/// (10.1.0.0/24 -> 100.64.1.0/24) of its source 10.1.0.5.
+const NAT_POP_SOURCE: [u8; 4] = [100, 64, 1, 5];
+
+/// Ethernet, 802.1Q tag, IPv4 header without options, UDP header.
+const NAT_POP_HEADERS: usize = 18 + 20 + 8;
+
+/// What the gateway does to the lab's frame (see the lab's (b)), done the
+/// cheapest way, with nothing looked up: the checks any forwarder makes
+/// (802.1Q, IPv4 without options, UDP), TTL - 1, the source rewritten with
+/// the IPv4 and UDP checksums updated incrementally, the tag popped
+/// (`bpf_xdp_adjust_head`, as the gateway does), the MACs written (here
+/// swapped) and a redirect. Frames it cannot handle are dropped, so a
+/// wrong frame never reaches the sink (the lab checks the frames' length
+/// there).
+#[xdp]
+pub fn bench_nat_pop(ctx: XdpContext) -> u32 {
+    let Some(h) = packet::ptr_at::<[u8; NAT_POP_HEADERS]>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let h = unsafe { &mut *h };
+    let (ip, udp) = (18, 38);
+    if h[12..14] != [0x81, 0x00]
+        || h[16..18] != [0x08, 0x00]
+        || h[ip] != 0x45
+        || h[ip + 9] != packet::IPPROTO_UDP
+        || h[ip + 8] <= 1
+    {
+        return xdp_action::XDP_DROP;
+    }
+    let old_src = [h[ip + 12], h[ip + 13], h[ip + 14], h[ip + 15]];
+    let ttl_proto = u16::from_be_bytes([h[ip + 8], h[ip + 9]]);
+    h[ip + 8] -= 1;
+    let check = u16::from_be_bytes([h[ip + 10], h[ip + 11]]);
+    let check = csum::replace16(check, ttl_proto, ttl_proto - 0x100);
+    let check = csum::replace32(check, old_src, NAT_POP_SOURCE);
+    h[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+    h[ip + 12..ip + 16].copy_from_slice(&NAT_POP_SOURCE);
+    // A UDP checksum of 0 means none.
+    let l4 = u16::from_be_bytes([h[udp + 6], h[udp + 7]]);
+    if l4 != 0 {
+        let l4 = csum::replace32(l4, old_src, NAT_POP_SOURCE);
+        h[udp + 6..udp + 8].copy_from_slice(&l4.to_be_bytes());
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&h[6..12]);
+    macs[6..].copy_from_slice(&h[..6]);
+    // SAFETY: valid ctx; shrinking the head by 4 of a 46-byte or longer frame.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let Some(eth) = packet::ptr_at::<[u8; 14]>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { (&mut *eth)[..12].copy_from_slice(&macs) };
     match BENCH_TARGET.get(0) {
         // SAFETY: helper without memory arguments.
         Some(&ifindex) if ifindex != 0 => unsafe { bpf_redirect(ifindex, 0) as u32 },
