@@ -446,7 +446,13 @@ struct Baseline {
 
 impl Baseline {
     fn trivial(lab: &Lab) -> Result<Baseline> {
-        Self::load(lab, "bench_swap_redirect", "a", "MAC swap + redirect (XDP, trivial)", 0)
+        Self::load(
+            lab,
+            "bench_swap_redirect",
+            "a",
+            "MAC swap + redirect (XDP, trivial)",
+            0,
+        )
     }
 
     fn nat_pop(lab: &Lab) -> Result<Baseline> {
