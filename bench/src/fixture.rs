@@ -459,6 +459,17 @@ impl BenchProgram {
 
     /// One test run; returns the action and the kernel's time for it.
     pub fn run(&mut self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, f64)> {
+        let (action, ns, _) = self.run_out(frame, ifindex, repeat)?;
+        Ok((action, ns))
+    }
+
+    /// `run`, and the frame as the program left it.
+    pub fn run_out(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<(u32, f64, Vec<u8>)> {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
@@ -470,7 +481,8 @@ impl BenchProgram {
             repeat,
             ..Default::default()
         })?;
-        Ok((r.return_value, r.duration.as_nanos() as f64))
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, r.duration.as_nanos() as f64, out))
     }
 
     /// Like `measure`: `runs` runs of one packet each; valid if every run

@@ -23,11 +23,12 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, XdpMode},
 };
+use etherparse::PacketBuilder;
 use gateway_user::{config::Config, datapath::Datapath, ebpf, netdev, plan};
 use tests::Netns;
 
 use crate::{
-    fixture::{BenchProgram, Snapshot, VPC_HOST},
+    fixture::{BenchProgram, Snapshot, VPC_HOST, XDP_REDIRECT},
     frames,
     report::{LabRate, LabTurn},
     sys::{self, InNetns},
@@ -430,6 +431,11 @@ pub struct LabResult {
     pub notes: Vec<String>,
 }
 
+/// What `bench_nat_pop` (gateway-ebpf/src/bin/bench.rs) writes: the
+/// MACs (destination, source) and the lab's mapped source.
+const NAT_POP_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 0x0a, 2], [2, 0, 0, 0, 0x0a, 1]];
+const NAT_POP_SOURCE: [u8; 4] = [100, 64, 1, 5];
+
 /// An XDP baseline in the gateway's place, loaded in the gateway
 /// namespace and attached only while it is measured:
 /// (a) the trivial forwarder, the lab's line rate;
@@ -455,14 +461,29 @@ impl Baseline {
         )
     }
 
-    fn nat_pop(lab: &Lab) -> Result<Baseline> {
-        Self::load(
+    /// (a2), after one test run proved that it turns the lab's `frame`
+    /// into what the gateway sends for it, byte for byte (but the MACs,
+    /// constants here): the same frame work, checksums included.
+    fn nat_pop(lab: &Lab, frame: &[u8]) -> Result<Baseline> {
+        let mut b = Self::load(
             lab,
             "bench_nat_pop",
             "a2",
             "the gateway's frame work alone: source NAT, TTL, tag pop, MACs, redirect; no table, no counter (XDP, minimal)",
             4,
-        )
+        )?;
+        let mut want = Vec::new();
+        PacketBuilder::ethernet2(NAT_POP_MACS[1], NAT_POP_MACS[0])
+            .ipv4(NAT_POP_SOURCE, VPC_HOST, 63)
+            .udp(40000, 53)
+            .write(&mut want, &[0x5a; frames::PAYLOAD_TAGGED])?;
+        let (action, _, out) = b.prog.run_out(frame, b.in_ifindex, 1)?;
+        if action != XDP_REDIRECT || out != want {
+            bail!(
+                "bench_nat_pop does not do the gateway's frame work: action {action}, frame {out:02x?}, want XDP_REDIRECT and {want:02x?}"
+            );
+        }
+        Ok(b)
     }
 
     fn load(
@@ -687,7 +708,7 @@ fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Ve
     let lab = Lab::build()?;
     let mut gen = generator(&lab)?;
     let mut trivial = Baseline::trivial(&lab)?;
-    let mut nat_pop = Baseline::nat_pop(&lab)?;
+    let mut nat_pop = Baseline::nat_pop(&lab, &gen.tagged)?;
     let mut gateway = Gateway::load(&lab)?;
     trivial.measure(&lab, &mut gen, (frames / 4).max(1))?;
     let mut out = Vec::new();
