@@ -116,7 +116,7 @@ impl GatewayNs {
         let entered = InNetns::enter(&name)?;
         let bpffs = std::path::Path::new("/sys/fs/bpf");
         gateway_user::datapath::check_bpffs(bpffs)?;
-        let pin_dir = bpffs.join("gatewayd-bench").join(&name);
+        let pin_dir = std::path::Path::new(crate::leftovers::PIN_ROOT).join(&name);
         let pins = Pins(pin_dir.clone());
         let dp = Datapath::load(ebpf::gateway_object()?, &pin_dir)?;
         let config = Config::parse(config_text, "bench.toml").map_err(|e| anyhow!("{e}"))?;

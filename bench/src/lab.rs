@@ -29,7 +29,7 @@ use tests::Netns;
 
 use crate::{
     fixture::{BenchProgram, Snapshot, VPC_HOST, XDP_REDIRECT},
-    frames,
+    frames, leftovers,
     report::{LabRate, LabTurn},
     sys::{self, InNetns},
 };
@@ -58,7 +58,7 @@ struct Lab {
 
 impl Lab {
     fn build() -> Result<Lab> {
-        let s = std::process::id() % 100_000;
+        let s = std::process::id() % leftovers::LAB_ID_MOD;
         let idc = Netns::create(&format!("bidc{s}"))?;
         let gw = Netns::create(&format!("bgw{s}"))?;
         let vpc = Netns::create(&format!("bvpc{s}"))?;
@@ -542,9 +542,8 @@ impl Gateway {
     /// pinned under the lab's name plus `suffix`.
     fn load_object(lab: &Lab, object: &[u8], suffix: &str) -> Result<Gateway> {
         let _in = InNetns::enter(lab.gw.name())?;
-        let pin_dir = std::path::Path::new("/sys/fs/bpf")
-            .join("gatewayd-bench")
-            .join(format!("{}{suffix}", lab.gw.name()));
+        let pin_dir =
+            std::path::Path::new(leftovers::PIN_ROOT).join(format!("{}{suffix}", lab.gw.name()));
         let _ = std::fs::remove_dir_all(&pin_dir);
         let mut dp = Datapath::load(object, &pin_dir)?;
         let config = Config::parse(&gateway_config(lab), "lab.toml").map_err(|e| anyhow!("{e}"))?;

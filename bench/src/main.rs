@@ -14,6 +14,7 @@ mod costs;
 mod fixture;
 mod frames;
 mod lab;
+mod leftovers;
 mod plot;
 mod report;
 mod scale;
@@ -91,6 +92,9 @@ fn run(cli: &Cli) -> Result<()> {
     }
     if sys::online_cpus() < 2 {
         bail!("needs 2 CPUs: the lab keeps the generator and the forwarder on different CPUs");
+    }
+    for what in leftovers::sweep()? {
+        eprintln!("removed, left by an interrupted run: {what}");
     }
     if !cli.compare.is_empty() {
         sys::pin_to_cpu(0, MEASURE_CPU)?;
