@@ -32,8 +32,9 @@ enum Task {
     /// Run setup, then fmt, clippy, build, unit tests and the kernel tiers
     /// (root only). Arguments after `--` go to the kernel-tier test binaries.
     Test {
-        /// Only setup and the unit tier (gateway-common, gateway-user): no
-        /// lints, no kernel tiers, no root needed if setup has nothing to do.
+        /// Only setup and the unit tier (gateway-common, gateway-user,
+        /// gateway-bench, xtask): no lints, no kernel tiers, no root needed
+        /// if setup has nothing to do.
         #[arg(long)]
         quick_unit: bool,
         /// Passed to the kernel-tier test binaries, e.g. a test name filter.

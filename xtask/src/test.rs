@@ -95,8 +95,18 @@ pub fn run(quick_unit: bool, test_args: &[String]) -> ExitCode {
         "unit tests",
         Box::new(|| {
             cargo_step("unit tests", |c| {
-                c.args(["test", "-p", "gateway-common", "-p", "gateway-user"])
-                    .env("RUST_BACKTRACE", "1");
+                c.args([
+                    "test",
+                    "-p",
+                    "gateway-common",
+                    "-p",
+                    "gateway-user",
+                    "-p",
+                    "gateway-bench",
+                    "-p",
+                    "xtask",
+                ])
+                .env("RUST_BACKTRACE", "1");
             })
         }),
     ));
