@@ -778,16 +778,19 @@ struct Compared {
     path: String,
     gateway: Gateway,
     ratios: Vec<f64>,
+    /// Against (a2) of the same turn, where it was valid.
+    ratios_a2: Vec<f64>,
     mpps: Vec<f64>,
     cpu_ns: Vec<f64>,
     bpf_ns: Vec<f64>,
     invalid: Vec<String>,
 }
 
-/// `gateway-bench --compare A B ...`: the trivial forwarder (a) and the
-/// gateway built from each eBPF object file given, in one lab, `turns`
-/// times: per turn (a), then every object, their order rotating from
-/// turn to turn. Two builds measured in separate runs differ by more
+/// `gateway-bench --compare A B ...`: the trivial forwarder (a), the
+/// gateway's frame work alone (a2) and the gateway built from each eBPF
+/// object file given, in one lab, `turns` times: per turn (a) and (a2),
+/// then every object, their order rotating from turn to turn; (b)/(a2)
+/// is what the gateway's lookups and counters cost. Two builds measured in separate runs differ by more
 /// than the change between them on a shared machine; measured side by
 /// side, each against the (a) of its own turn, a few percent show. With
 /// `bpf_stats`, also each program's own time per packet (its clock reads
@@ -810,6 +813,7 @@ pub fn compare(
     let lab = Lab::build()?;
     let mut gen = generator(&lab)?;
     let mut trivial = Baseline::trivial(&lab)?;
+    let mut nat_pop = Baseline::nat_pop(&lab, &gen.tagged)?;
     let mut sides = Vec::new();
     for (i, (path, bytes)) in loaded.iter().enumerate() {
         let gateway = Gateway::load_object(&lab, bytes, &format!("-{i}"))
@@ -818,6 +822,7 @@ pub fn compare(
             path: path.clone(),
             gateway,
             ratios: Vec::new(),
+            ratios_a2: Vec::new(),
             mpps: Vec::new(),
             cpu_ns: Vec::new(),
             bpf_ns: Vec::new(),
@@ -838,6 +843,8 @@ pub fn compare(
             continue;
         }
         a_mpps.push(a.mpps);
+        let a2 = nat_pop.measure(&lab, &mut gen, frames)?;
+        let a2_mpps = a2.valid.then_some(a2.mpps);
         let k = sides.len();
         for j in 0..k {
             let side = &mut sides[(j + turn) % k];
@@ -847,11 +854,17 @@ pub fn compare(
                 continue;
             }
             side.ratios.push(r.mpps / a.mpps);
+            side.ratios_a2.extend(a2_mpps.map(|a2| r.mpps / a2));
             side.mpps.push(r.mpps);
             side.cpu_ns.push(r.cpu_ns_per_packet);
             side.bpf_ns.extend(r.bpf_ns_per_packet);
         }
-        eprintln!("  turn {}/{turns}: (a) {:.2} Mpps", turn + 1, a.mpps);
+        eprintln!(
+            "  turn {}/{turns}: (a) {:.2} Mpps, (a2) {}",
+            turn + 1,
+            a.mpps,
+            a2_mpps.map_or("invalid".to_owned(), |m| format!("{m:.2} Mpps"))
+        );
     }
     // A sample's spread as text, "-" when it is empty.
     let spread = |v: &[f64], text: &dyn Fn(&crate::report::Spread) -> String| {
@@ -859,17 +872,21 @@ pub fn compare(
     };
     let median = |digits: usize| move |m: &crate::report::Spread| format!("{:.digits$}", m.median);
     let mut out = format!(
-        "(a) {} Mpps by median over {} valid turns of {frames} frames\n\n| object | (b)/(a) median (quartiles) | Mpps | forwarding CPU ns/packet | XDP program ns/packet | invalid runs |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
+        "(a) {} Mpps by median over {} valid turns of {frames} frames\n\n| object | (b)/(a) median (quartiles) | (b)/(a2) median (quartiles) | Mpps | forwarding CPU ns/packet | XDP program ns/packet | invalid runs |\n| --- | --- | --- | ---: | ---: | ---: | ---: |\n",
         spread(&a_mpps, &median(2)),
         a_mpps.len()
     );
     for side in &sides {
-        let ratio = spread(&side.ratios, &|m| {
-            format!("{:.3}x ({:.3}x - {:.3}x)", m.median, m.q1, m.q3)
-        });
+        let ratio = |v: &[f64]| {
+            spread(v, &|m| {
+                format!("{:.3}x ({:.3}x - {:.3}x)", m.median, m.q1, m.q3)
+            })
+        };
         out.push_str(&format!(
-            "| {} | {ratio} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             side.path,
+            ratio(&side.ratios),
+            ratio(&side.ratios_a2),
             spread(&side.mpps, &median(2)),
             spread(&side.cpu_ns, &median(1)),
             spread(&side.bpf_ns, &median(1)),

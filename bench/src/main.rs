@@ -41,11 +41,12 @@ struct Cli {
     /// How the run was started, for the report.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
-    /// Instead of the benchmark: the lab's trivial forwarder (a) and the
-    /// gateway built from each of these eBPF object files (e.g. the
-    /// `gateway` object in target/release/build/gateway-user-*/out/ of two
-    /// commits; `embedded` is this binary's own), side by side in one lab;
-    /// prints each one's (b)/(a).
+    /// Instead of the benchmark: the lab's trivial forwarder (a), the
+    /// gateway's frame work alone (a2) and the gateway built from each of
+    /// these eBPF object files (e.g. the `gateway` object in
+    /// target/release/build/gateway-user-*/out/ of two commits; `embedded`
+    /// is this binary's own), side by side in one lab; prints each one's
+    /// (b)/(a) and (b)/(a2).
     #[arg(long, num_args = 1.., value_name = "OBJECT")]
     compare: Vec<PathBuf>,
     /// Turns of `--compare`: ~0.4 s each per object; 40 tell a 5 %
@@ -99,7 +100,7 @@ fn run(cli: &Cli) -> Result<()> {
     if !cli.compare.is_empty() {
         sys::pin_to_cpu(0, MEASURE_CPU)?;
         eprintln!(
-            "==> compare: (a) and {} gateway objects, {} turns",
+            "==> compare: (a), (a2) and {} gateway objects, {} turns",
             cli.compare.len(),
             cli.compare_turns
         );

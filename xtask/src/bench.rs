@@ -64,8 +64,8 @@ pub fn compare_smoke() -> Result<()> {
     check_compare_table(&text)
 }
 
-/// The `--compare` table holds one row per object, each with a ratio, a
-/// program time and no invalid run.
+/// The `--compare` table holds one row per object, each with its ratios
+/// to (a) and (a2), a program time and no invalid run.
 fn check_compare_table(text: &str) -> Result<()> {
     let rows: Vec<Vec<&str>> = text
         .lines()
@@ -79,13 +79,17 @@ fn check_compare_table(text: &str) -> Result<()> {
         );
     }
     for r in rows {
-        // "", object, ratio, Mpps, CPU ns, program ns, invalid, "".
-        let ratio_ok = r[2].ends_with(')') && r[2].contains("x (");
-        let numbers_ok = [r[3], r[4], r[5]]
+        // "", object, ratio to (a), ratio to (a2), Mpps, CPU ns, program
+        // ns, invalid, "".
+        if r.len() != 9 {
+            bail!("--compare row with {} columns, want 7: {r:?}", r.len() - 2);
+        }
+        let ratio_ok = |c: &str| c.ends_with(')') && c.contains("x (");
+        let numbers_ok = [r[4], r[5], r[6]]
             .iter()
             .all(|v| v.parse::<f64>().is_ok_and(|x| x > 0.0));
-        if !ratio_ok || !numbers_ok || r[6] != "0" {
-            bail!("--compare row without a ratio, a rate, CPU and program times, or with invalid runs: {r:?}");
+        if !ratio_ok(r[2]) || !ratio_ok(r[3]) || !numbers_ok || r[7] != "0" {
+            bail!("--compare row without its two ratios, a rate, CPU and program times, or with invalid runs: {r:?}");
         }
     }
     Ok(())
@@ -229,8 +233,8 @@ mod tests {
     use super::check_compare_table;
 
     const OK: &str = "| object | ... |\n\
-        | embedded | 0.950x (0.900x - 1.000x) | 2.50 | 300.0 | 120.0 | 0 |\n\
-        | embedded | 1.010x (0.950x - 1.050x) | 2.60 | 290.0 | 118.0 | 0 |\n";
+        | embedded | 0.950x (0.900x - 1.000x) | 0.990x (0.950x - 1.020x) | 2.50 | 300.0 | 120.0 | 0 |\n\
+        | embedded | 1.010x (0.950x - 1.050x) | 1.050x (1.000x - 1.100x) | 2.60 | 290.0 | 118.0 | 0 |\n";
 
     #[test]
     fn compare_table_with_two_valid_rows_passes() {
@@ -243,5 +247,8 @@ mod tests {
         assert!(check_compare_table(&OK.lines().take(2).collect::<Vec<_>>().join("\n")).is_err());
         assert!(check_compare_table(&OK.replace("120.0", "-")).is_err());
         assert!(check_compare_table(&OK.replace("0.950x (0.900x - 1.000x)", "-")).is_err());
+        assert!(check_compare_table(&OK.replace("0.990x (0.950x - 1.020x)", "-")).is_err());
+        // The table before (a2): one ratio.
+        assert!(check_compare_table(&OK.replace("| 0.990x (0.950x - 1.020x) ", "")).is_err());
     }
 }
