@@ -697,11 +697,11 @@ fn generator(lab: &Lab) -> Result<Generator> {
 /// - `turns` turns of (a), (a2), (b) and (c) one after the other, the
 ///   order rotating, so that no forwarder always follows the same one; a
 ///   turn gives the ratios b/a, b/c and a2/a of runs seconds apart;
-/// - one shorter run each of (a), (a2) and (b) with bpf_stats on, for their XDP
-///   program ns/packet only: the rates are measured with bpf_stats off,
-///   since its two clock reads per program run cost the forwarding CPU as
-///   much as a trivial program does (on this VM: (a) delivered ~4 Mpps
-///   without, ~2.3 with);
+/// - one shorter run each of (a), (a2) and (b) with bpf_stats on, for
+///   their XDP program ns/packet only: the rates are measured with
+///   bpf_stats off, since its two clock reads per program run cost the
+///   forwarding CPU as much as a trivial program does (on this VM: (a)
+///   delivered ~4 Mpps without, ~2.3 with);
 /// - (d).
 fn run_once(frames: u32, turns: usize) -> Result<(Vec<LabRate>, Vec<LabTurn>, Vec<String>)> {
     let lab = Lab::build()?;
