@@ -138,6 +138,12 @@ fn paths(gw: &GatewayNs, runs: u64, round: usize) -> Vec<Path> {
     out
 }
 
+/// Part 1's row for `bench_nat_pop`: the frame work of the IDC -> VPC
+/// paths with a peer IP mapping, without the gateway's lookups and
+/// counters.
+pub const NAT_POP_PATH: &str =
+    "the gateway's frame work alone: source NAT, TTL, tag pop, MACs, redirect (bench_nat_pop, no table, no counter)";
+
 #[derive(Default)]
 pub struct Costs {
     pub floor: Timing,
@@ -150,21 +156,29 @@ pub fn run(runs: u64, rounds: usize) -> Result<Costs> {
     gw.apply_config()?;
     gw.learn_peer(100, PEER_100, LOCAL_100)?;
     let mut floor = BenchProgram::load("bench_floor")?;
+    // The gateway's frame work alone, proven on the floor's frame (a
+    // tagged UDP frame as the paths send).
+    let mut nat_pop = BenchProgram::load("bench_nat_pop")?;
+    nat_pop.set_target(gw.vpc.ifindex)?;
     let names: Vec<(String, Flow)> = paths(&gw, 1, 0)
         .into_iter()
         .map(|p| (p.name, p.flow))
         .collect();
     let floor_frame = frames::udp_tagged(100, gw.conn.mac, [10, 0, 0, 5], VPC_HOST);
     let conn = gw.conn.ifindex;
+    nat_pop.check_nat_pop(&floor_frame, conn)?;
 
     // Interleave rounds (floor, every path) so slow phases of a noisy
     // machine hit all of them alike; keep each one's best round.
     let mut best_floor: Option<Timing> = None;
+    let mut best_nat_pop: Option<Timing> = None;
     let mut best: Vec<Option<Timing>> = vec![None; names.len()];
     let mut hit_share: Vec<(u64, u64)> = vec![(0, 0); names.len()];
     for round in 0..rounds {
         let f = floor.measure(&floor_frame, conn, runs, XDP_TX)?;
         best_floor = Some(pick(best_floor, f));
+        let n = nat_pop.measure(&floor_frame, conn, runs, XDP_REDIRECT)?;
+        best_nat_pop = Some(pick(best_nat_pop, n));
         for (i, path) in paths(&gw, runs, round).into_iter().enumerate() {
             if path.flow == Flow::Cached {
                 // The flow's first packet fills the slot.
@@ -179,22 +193,31 @@ pub fn run(runs: u64, rounds: usize) -> Result<Costs> {
         }
     }
     let floor_t = best_floor.expect("at least one round");
-    let out = names
-        .into_iter()
-        .zip(best)
-        .zip(hit_share)
-        .map(|(((name, flow), t), (hits, runs))| {
-            let t = t.expect("at least one round");
-            PathCost {
-                name,
-                ns: t.ns,
-                vs_floor: t.ns / floor_t.ns,
-                runs: t.runs,
-                valid: t.valid,
-                why_invalid: t.why_invalid,
-                flow_cache_hits: (flow != Flow::NotLooked).then(|| hits as f64 / runs as f64),
-            }
-        })
+    let nat_pop_t = best_nat_pop.expect("at least one round");
+    let frame_work = PathCost {
+        name: NAT_POP_PATH.into(),
+        ns: nat_pop_t.ns,
+        vs_floor: nat_pop_t.ns / floor_t.ns,
+        runs: nat_pop_t.runs,
+        valid: nat_pop_t.valid,
+        why_invalid: nat_pop_t.why_invalid,
+        flow_cache_hits: None,
+    };
+    let out = std::iter::once(frame_work)
+        .chain(names.into_iter().zip(best).zip(hit_share).map(
+            |(((name, flow), t), (hits, runs))| {
+                let t = t.expect("at least one round");
+                PathCost {
+                    name,
+                    ns: t.ns,
+                    vs_floor: t.ns / floor_t.ns,
+                    runs: t.runs,
+                    valid: t.valid,
+                    why_invalid: t.why_invalid,
+                    flow_cache_hits: (flow != Flow::NotLooked).then(|| hits as f64 / runs as f64),
+                }
+            },
+        ))
         .collect();
 
     // The control: the rewriting path in ONE test run with repeat. Every

@@ -6,9 +6,11 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
+    maps::Array,
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
+use etherparse::PacketBuilder;
 use gateway_common::{map_names as names, Counters, Fate};
 use gateway_user::{
     config::Config,
@@ -18,7 +20,12 @@ use gateway_user::{
 };
 use tests::Netns;
 
-use crate::sys::InNetns;
+use crate::{frames, sys::InNetns};
+
+/// What `bench_nat_pop` (gateway-ebpf/src/bin/bench.rs) writes: the MACs
+/// (destination, source) and the lab's mapped source.
+const NAT_POP_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 0x0a, 2], [2, 0, 0, 0, 0x0a, 1]];
+const NAT_POP_SOURCE: [u8; 4] = [100, 64, 1, 5];
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_TX: u32 = 3;
@@ -461,6 +468,35 @@ impl BenchProgram {
     pub fn run(&mut self, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, f64)> {
         let (action, ns, _) = self.run_out(frame, ifindex, repeat)?;
         Ok((action, ns))
+    }
+
+    /// Where `bench_swap_redirect` and `bench_nat_pop` redirect to.
+    pub fn set_target(&mut self, ifindex: u32) -> Result<()> {
+        let mut target: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("BENCH_TARGET").context("BENCH_TARGET")?)?;
+        target.set(0, ifindex, 0)?;
+        Ok(())
+    }
+
+    /// Proves with one test run that `bench_nat_pop` (this program) does
+    /// the gateway's frame work on `frame` (`frames::udp_tagged` from
+    /// 10.x.0.5 to VPC_HOST): XDP_REDIRECT, and byte for byte the frame
+    /// the gateway sends for it with the lab's peer IP mapping (source
+    /// 100.64.1.5, TTL 63, tag popped, checksums as etherparse computes
+    /// them from scratch), but the MACs, which are constants here.
+    pub fn check_nat_pop(&mut self, frame: &[u8], ifindex: u32) -> Result<()> {
+        let mut want = Vec::new();
+        PacketBuilder::ethernet2(NAT_POP_MACS[1], NAT_POP_MACS[0])
+            .ipv4(NAT_POP_SOURCE, VPC_HOST, 63)
+            .udp(40000, 53)
+            .write(&mut want, &[0x5a; frames::PAYLOAD_TAGGED])?;
+        let (action, _, out) = self.run_out(frame, ifindex, 1)?;
+        if action != XDP_REDIRECT || out != want {
+            bail!(
+                "bench_nat_pop does not do the gateway's frame work: action {action}, frame {out:02x?}, want XDP_REDIRECT and {want:02x?}"
+            );
+        }
+        Ok(())
     }
 
     /// `run`, and the frame as the program left it.

@@ -23,12 +23,11 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, XdpMode},
 };
-use etherparse::PacketBuilder;
 use gateway_user::{config::Config, datapath::Datapath, ebpf, netdev, plan};
 use tests::Netns;
 
 use crate::{
-    fixture::{BenchProgram, Snapshot, VPC_HOST, XDP_REDIRECT},
+    fixture::{BenchProgram, Snapshot, VPC_HOST},
     frames, leftovers,
     report::{LabRate, LabTurn},
     sys::{self, InNetns},
@@ -431,11 +430,6 @@ pub struct LabResult {
     pub notes: Vec<String>,
 }
 
-/// What `bench_nat_pop` (gateway-ebpf/src/bin/bench.rs) writes: the
-/// MACs (destination, source) and the lab's mapped source.
-const NAT_POP_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 0x0a, 2], [2, 0, 0, 0, 0x0a, 1]];
-const NAT_POP_SOURCE: [u8; 4] = [100, 64, 1, 5];
-
 /// An XDP baseline in the gateway's place, loaded in the gateway
 /// namespace and attached only while it is measured:
 /// (a) the trivial forwarder, the lab's line rate;
@@ -461,9 +455,8 @@ impl Baseline {
         )
     }
 
-    /// (a2), after one test run proved that it turns the lab's `frame`
-    /// into what the gateway sends for it, byte for byte (but the MACs,
-    /// constants here): the same frame work, checksums included.
+    /// (a2), once a test run proved it does the gateway's frame work on
+    /// the lab's `frame` (`BenchProgram::check_nat_pop`).
     fn nat_pop(lab: &Lab, frame: &[u8]) -> Result<Baseline> {
         let mut b = Self::load(
             lab,
@@ -472,17 +465,7 @@ impl Baseline {
             "the gateway's frame work alone: source NAT, TTL, tag pop, MACs, redirect; no table, no counter (XDP, minimal)",
             4,
         )?;
-        let mut want = Vec::new();
-        PacketBuilder::ethernet2(NAT_POP_MACS[1], NAT_POP_MACS[0])
-            .ipv4(NAT_POP_SOURCE, VPC_HOST, 63)
-            .udp(40000, 53)
-            .write(&mut want, &[0x5a; frames::PAYLOAD_TAGGED])?;
-        let (action, _, out) = b.prog.run_out(frame, b.in_ifindex, 1)?;
-        if action != XDP_REDIRECT || out != want {
-            bail!(
-                "bench_nat_pop does not do the gateway's frame work: action {action}, frame {out:02x?}, want XDP_REDIRECT and {want:02x?}"
-            );
-        }
+        b.prog.check_nat_pop(frame, b.in_ifindex)?;
         Ok(b)
     }
 
@@ -497,9 +480,7 @@ impl Baseline {
         let out_ifindex = netdev::lookup(&lab.out_if).context("out if")?.ifindex;
         let in_ifindex = netdev::lookup(&lab.in_if).context("in if")?.ifindex;
         let mut prog = BenchProgram::load(program)?;
-        let mut target: Array<_, u32> =
-            Array::try_from(prog.ebpf.map_mut("BENCH_TARGET").context("BENCH_TARGET")?)?;
-        target.set(0, out_ifindex, 0)?;
+        prog.set_target(out_ifindex)?;
         Ok(Baseline {
             prog,
             in_ifindex,

@@ -95,9 +95,11 @@ fn check_compare_table(text: &str) -> Result<()> {
     Ok(())
 }
 
-/// The paths of part 1 the report must have (the forwarding paths twice:
-/// the flow cached, and a new flow through the full pipeline).
+/// The paths of part 1 the report must have (the gateway's frame work
+/// alone, then the forwarding paths twice: the flow cached, and a new flow
+/// through the full pipeline).
 const PATHS: &[&str] = &[
+    "the gateway's frame work alone: source NAT, TTL, tag pop, MACs, redirect (bench_nat_pop, no table, no counter)",
     "IDC->VPC plain (flow cached: fast path)",
     "IDC->VPC plain, a new flow (full pipeline)",
     "IDC->VPC peer IP mapping (flow cached: fast path)",
