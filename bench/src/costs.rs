@@ -193,29 +193,25 @@ pub fn run(runs: u64, rounds: usize) -> Result<Costs> {
         }
     }
     let floor_t = best_floor.expect("at least one round");
-    let nat_pop_t = best_nat_pop.expect("at least one round");
-    let frame_work = PathCost {
-        name: NAT_POP_PATH.into(),
-        ns: nat_pop_t.ns,
-        vs_floor: nat_pop_t.ns / floor_t.ns,
-        runs: nat_pop_t.runs,
-        valid: nat_pop_t.valid,
-        why_invalid: nat_pop_t.why_invalid,
-        flow_cache_hits: None,
+    let cost = |name: String, t: Timing, flow_cache_hits: Option<f64>| PathCost {
+        name,
+        ns: t.ns,
+        vs_floor: t.ns / floor_t.ns,
+        runs: t.runs,
+        valid: t.valid,
+        why_invalid: t.why_invalid,
+        flow_cache_hits,
     };
+    let frame_work = cost(
+        NAT_POP_PATH.into(),
+        best_nat_pop.expect("at least one round"),
+        None,
+    );
     let out = std::iter::once(frame_work)
         .chain(names.into_iter().zip(best).zip(hit_share).map(
             |(((name, flow), t), (hits, runs))| {
-                let t = t.expect("at least one round");
-                PathCost {
-                    name,
-                    ns: t.ns,
-                    vs_floor: t.ns / floor_t.ns,
-                    runs: t.runs,
-                    valid: t.valid,
-                    why_invalid: t.why_invalid,
-                    flow_cache_hits: (flow != Flow::NotLooked).then(|| hits as f64 / runs as f64),
-                }
+                let hits = (flow != Flow::NotLooked).then(|| hits as f64 / runs as f64);
+                cost(name, t.expect("at least one round"), hits)
             },
         ))
         .collect();
