@@ -38,3 +38,15 @@ pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
         u16::from_be_bytes([new[2], new[3]]),
     )
 }
+
+/// Sum of `~old + new` over the 16-bit words of two 4-byte fields (an
+/// address, a port pair): a delta for `adjust`, to be folded.
+#[inline(always)]
+pub fn delta4(old: [u8; 4], new: [u8; 4]) -> u32 {
+    let w = |b: [u8; 4], i: usize| u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+    (!w(old, 0) & 0xffff) + w(new, 0) + (!w(old, 2) & 0xffff) + w(new, 2)
+}
+
+/// `~old + new` of the TTL/protocol word when the TTL drops by one:
+/// 0xffff - 0x0100, whatever the TTL.
+pub const TTL_DELTA: u32 = 0xfeff;

@@ -262,17 +262,6 @@ fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
     }
 }
 
-/// Sum of `~old + new` over the 16-bit words of two equally long fields.
-#[inline(always)]
-fn delta4(old: [u8; 4], new: [u8; 4]) -> u32 {
-    let w = |b: [u8; 4], i: usize| u16::from_be_bytes([b[i], b[i + 1]]) as u32;
-    (!w(old, 0) & 0xffff) + w(new, 0) + (!w(old, 2) & 0xffff) + w(new, 2)
-}
-
-/// `~old + new` of the TTL/protocol word when the TTL drops by one:
-/// 0xffff - 0x0100, whatever the TTL.
-const TTL_DELTA: u32 = 0xfeff;
-
 /// Applies a cached flow's treatment to the frame.
 #[inline(always)]
 fn forward_cached(
@@ -379,7 +368,7 @@ pub fn record(ctx: &XdpContext, ip: &Ipv4, o: &Outcome) {
     let new_ports = unsafe { *p };
     let k = &pending.key;
     let (new_src, new_dst) = (ip.src(), ip.dst());
-    let addrs = delta4(k.src, new_src) + delta4(k.dst, new_dst);
+    let addrs = csum::delta4(k.src, new_src) + csum::delta4(k.dst, new_dst);
     // Only this CPU uses its slots while we run.
     *slot = FlowCacheEntry {
         key: *k,
@@ -391,8 +380,8 @@ pub fn record(ctx: &XdpContext, ip: &Ipv4, o: &Outcome) {
         new_src,
         new_dst,
         new_ports,
-        l3_delta: csum::fold(addrs + TTL_DELTA),
-        l4_delta: csum::fold(addrs + delta4(k.ports, new_ports)),
+        l3_delta: csum::fold(addrs + csum::TTL_DELTA),
+        l4_delta: csum::fold(addrs + csum::delta4(k.ports, new_ports)),
         out_dmac: o.out_dmac,
         out_smac: o.out_smac,
         out_ifindex: o.out_ifindex,

@@ -141,9 +141,6 @@ const NAT_POP_MACS: [u8; 12] = [2, 0, 0, 0, 0x0a, 2, 2, 0, 0, 0, 0x0a, 1];
 /// Ethernet, 802.1Q tag, IPv4 header without options, UDP header.
 const NAT_POP_HEADERS: usize = 18 + 20 + 8;
 
-/// `~old + new` of the TTL/protocol word when the TTL drops by one.
-const TTL_DELTA: u32 = 0xfeff;
-
 /// What the gateway does to the lab's frame (see the lab's (b)), done the
 /// cheapest way, with nothing looked up and nothing counted: the checks any
 /// forwarder makes (802.1Q, IPv4 without options, UDP, TTL), TTL - 1, the
@@ -169,18 +166,15 @@ pub fn bench_nat_pop(ctx: XdpContext) -> u32 {
     {
         return xdp_action::XDP_DROP;
     }
-    let word = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]) as u32;
-    // ~old + new over the source's two words.
-    let addr = (!word(&h[ip + 12..]) & 0xffff)
-        + (!word(&h[ip + 14..]) & 0xffff)
-        + word(&NAT_POP_SOURCE[..2])
-        + word(&NAT_POP_SOURCE[2..]);
+    let word = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let old_src = [h[ip + 12], h[ip + 13], h[ip + 14], h[ip + 15]];
+    let addr = csum::delta4(old_src, NAT_POP_SOURCE);
     h[ip + 8] -= 1;
-    let check = csum::adjust(word(&h[ip + 10..]) as u16, csum::fold(addr + TTL_DELTA));
+    let check = csum::adjust(word(&h[ip + 10..]), csum::fold(addr + csum::TTL_DELTA));
     h[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
     h[ip + 12..ip + 16].copy_from_slice(&NAT_POP_SOURCE);
     // A UDP checksum of 0 means none; a computed 0 is sent as 0xffff.
-    let l4 = word(&h[udp + 6..]) as u16;
+    let l4 = word(&h[udp + 6..]);
     if l4 != 0 {
         let l4 = match csum::adjust(l4, csum::fold(addr)) {
             0 => 0xffff,
